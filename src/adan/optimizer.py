@@ -167,7 +167,7 @@ class Adan(Optimizer):
             "exp_avg_diff": torch.zeros_like(p, memory_format=torch.preserve_format),
         }
 
-    def _init_group(self, group: dict[str, Any]) -> dict[str, list]:
+    def _gather_group(self, group: dict[str, Any]) -> dict[str, list]:
         """Gather the tensors of the parameters that have a gradient (complex as real views)."""
         lists: dict[str, list] = {k: [] for k in ("params", "grads", "exp_avgs", "exp_avg_sqs", "exp_avg_diffs", "neg_pre_grads", "state_steps")}
         fresh: list[int] = []  # indices whose previous gradient starts as the current one
@@ -223,7 +223,7 @@ class Adan(Optimizer):
                 loss = closure()
 
         # Gather everything first: a bad gradient raises before any state changes.
-        gathered = [self._init_group(group) for group in self.param_groups]
+        gathered = [self._gather_group(group) for group in self.param_groups]
 
         clip_coef = None
         max_grad_norm = self.param_groups[0]["max_grad_norm"]  # one value for all groups
@@ -333,8 +333,8 @@ def global_clip_coefficient(grads: list[Tensor], max_norm: float, eps: float) ->
     device = grads[0].device
     buckets = Optimizer._group_tensors_by_device_and_dtype([grads])
     norms = []
-    for (dev, _), ((bucket,), _) in buckets.items():
-        if dev.type in _get_foreach_kernels_supported_devices() or dev.type == "cpu":
+    for (bucket,), _ in buckets.values():  # keys are (None, None) under torch.compile
+        if _has_foreach_kernels(bucket[0].device):
             bucket_norms = torch._foreach_norm(bucket, 2.0, dtype=acc_dtype)
         else:
             bucket_norms = [torch.linalg.vector_norm(g, dtype=acc_dtype) for g in bucket]
@@ -348,6 +348,14 @@ def _grad_scale(clip_coef: Optional[Tensor], maximize: bool) -> Union[Tensor, fl
     if clip_coef is None:
         return -1.0 if maximize else None
     return -clip_coef if maximize else clip_coef
+
+
+def _scale_grads(grads: list[Tensor], scale: Union[Tensor, float], device: torch.device) -> list[Tensor]:
+    """``scale * grad`` in each gradient's own dtype (a 0-d gradient would otherwise promote)."""
+    if torch.is_tensor(scale):
+        scale = scale.to(device)
+    scaled = torch._foreach_mul(grads, scale)
+    return [s if s.dtype == g.dtype else s.to(g.dtype) for s, g in zip(scaled, grads)]
 
 
 def _step_coefficients(
@@ -393,7 +401,7 @@ def _single_tensor_adan(
         step_t += 1
         step_size, step_size_diff, inv_bc3_sqrt = (c.to(device) for c in _step_coefficients(step_t, lr, beta1, beta2, beta3))
 
-        g = grad if scale is None else grad * (scale.to(device) if torch.is_tensor(scale) else scale)
+        g = grad if scale is None else _scale_grads([grad], scale, device)[0]
         d = neg.add_(g)  # neg_pre_grad now holds d = g - g'
         m.lerp_(g, 1 - beta1)
         v.lerp_(d, 1 - beta2)
@@ -436,13 +444,14 @@ def _multi_tensor_adan(
         [params, grads, exp_avgs, exp_avg_sqs, exp_avg_diffs, neg_pre_grads, state_steps]
     )
     scale = _grad_scale(clip_coef, maximize)
-    for (device, _), ((p, g, m, n, v, neg, steps), _) in buckets.items():
+    for (p, g, m, n, v, neg, steps), _ in buckets.values():
+        device = p[0].device  # bucket keys are (None, None) under torch.compile
         torch._foreach_add_(steps, 1)
         coefs = _step_coefficients(torch.stack(steps), lr, beta1, beta2, beta3)
         step_size, step_size_diff, inv_bc3_sqrt = (c.to(device).unbind() for c in coefs)
 
         if scale is not None:
-            g = torch._foreach_mul(g, scale.to(device) if torch.is_tensor(scale) else scale)
+            g = _scale_grads(g, scale, device)
         d = neg
         torch._foreach_add_(d, g)  # d = g - g'
         torch._foreach_lerp_(m, g, 1 - beta1)
@@ -467,9 +476,12 @@ def _multi_tensor_adan(
         torch._foreach_neg_(neg)
 
 
+def _has_foreach_kernels(device: torch.device) -> bool:
+    return device.type == "cpu" or device.type in _get_foreach_kernels_supported_devices()
+
+
 def _default_to_foreach(params: list[Tensor]) -> bool:
-    supported = set(_get_foreach_kernels_supported_devices()) | {"cpu"}
-    return all(type(p) in (Tensor, torch.nn.Parameter) and p.device.type in supported for p in params)
+    return all(type(p) in (Tensor, torch.nn.Parameter) and _has_foreach_kernels(p.device) for p in params)
 
 
 def adan(
