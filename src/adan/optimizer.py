@@ -447,8 +447,7 @@ def _multi_tensor_adan(
     for (p, g, m, n, v, neg, steps), _ in buckets.values():
         device = p[0].device  # bucket keys are (None, None) under torch.compile
         torch._foreach_add_(steps, 1)
-        coefs = _step_coefficients(torch.stack(steps), lr, beta1, beta2, beta3)
-        step_size, step_size_diff, inv_bc3_sqrt = (c.to(device).unbind() for c in coefs)
+        step_size, step_size_diff, inv_bc3_sqrt = _step_coefficients(torch.stack(steps), lr, beta1, beta2, beta3)
 
         if scale is not None:
             g = _scale_grads(g, scale, device)
@@ -462,14 +461,19 @@ def _multi_tensor_adan(
         torch._foreach_addcmul_(n, d, d, value=1 - beta3)
 
         denom = torch._foreach_sqrt(n)
-        torch._foreach_mul_(denom, inv_bc3_sqrt)
+        torch._foreach_mul_(denom, inv_bc3_sqrt.to(device).unbind())
         torch._foreach_add_(denom, eps)
-        update = torch._foreach_mul(v, step_size_diff)
-        torch._foreach_add_(update, torch._foreach_mul(m, step_size))
-        torch._foreach_div_(update, denom)
         if weight_decay != 0 and no_prox:
             torch._foreach_mul_(p, 1 - lr * weight_decay)
-        torch._foreach_sub_(p, update)
+        if step_size.device.type == "cpu" and not torch.compiler.is_compiling():
+            # One value per tensor, read by the kernel from CPU memory: no temporaries.
+            torch._foreach_addcdiv_(p, m, denom, -step_size)
+            torch._foreach_addcdiv_(p, v, denom, -step_size_diff)
+        else:  # step counts on the device (capturable) or traced: 0-d tensor scalars
+            update = torch._foreach_mul(v, step_size_diff.to(device).unbind())
+            torch._foreach_add_(update, torch._foreach_mul(m, step_size.to(device).unbind()))
+            torch._foreach_div_(update, denom)
+            torch._foreach_sub_(p, update)
         if weight_decay != 0 and not no_prox:
             torch._foreach_div_(p, 1 + lr * weight_decay)
         torch._foreach_copy_(neg, g)

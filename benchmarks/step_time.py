@@ -1,0 +1,100 @@
+"""Median optimizer step time of every Adan path against torch.optim.AdamW, as ratios.
+
+Run (the table in the README and the closing notes comes from exactly this)::
+
+    python benchmarks/step_time.py                      # both cases, 1 and 2 threads
+    python benchmarks/step_time.py --cases small --threads 2 --reps 9
+
+Cases:
+  large  ~25.2M float32 parameters in 96 tensors (12 transformer-like blocks)
+  small  1000 tensors of 1000 float32 elements
+
+All contenders run in one process, on their own copies of the parameters (sharing the
+gradient tensors), interleaved round-robin so that machine noise hits them alike; each
+row is the median over ``--reps`` rounds of one step, and ``x fused AdamW`` divides it
+by the median of torch's fused AdamW in the same case and thread count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from typing import Callable
+
+import torch
+
+import adan
+
+
+def make_case(name: str) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    if name == "large":
+        shapes = []
+        for _ in range(12):
+            shapes += [(512, 512)] * 4 + [(1024, 512), (512, 1024), (512,), (512,)]
+    elif name == "small":
+        shapes = [(1000,)] * 1000
+    else:
+        raise ValueError(f"unknown case {name!r}")
+    return [torch.randn(s, generator=g) for s in shapes]
+
+
+def contenders() -> dict[str, Callable[[list[torch.nn.Parameter]], torch.optim.Optimizer]]:
+    """Name -> factory. Optional peers are listed only when importable."""
+    table = {
+        "torch AdamW foreach": lambda ps: torch.optim.AdamW(ps, lr=1e-3, foreach=True),
+        "torch AdamW fused": lambda ps: torch.optim.AdamW(ps, lr=1e-3, fused=True),
+        "adan single-tensor": lambda ps: adan.Adan(ps, lr=1e-3, foreach=False),
+        "adan foreach": lambda ps: adan.Adan(ps, lr=1e-3, foreach=True),
+    }
+    try:
+        import pytorch_optimizer  # optional external peer with the reference maths
+
+        table["pytorch_optimizer Adan"] = lambda ps: pytorch_optimizer.Adan(ps, lr=1e-3, foreach=True)
+    except ImportError:
+        pass
+    return table
+
+
+def bench_case(case: str, threads: int, reps: int, warmup: int = 2) -> dict[str, float]:
+    torch.set_num_threads(threads)
+    values = make_case(case)
+    grads = [torch.randn_like(v) * 1e-2 for v in values]
+    runs = {}
+    for name, factory in contenders().items():
+        params = [torch.nn.Parameter(v.clone()) for v in values]
+        for p, g in zip(params, grads):
+            p.grad = g
+        opt = factory(params)
+        for _ in range(warmup):
+            opt.step()
+        runs[name] = (opt, [])
+    for _ in range(reps):
+        for name, (opt, times) in runs.items():
+            t0 = time.perf_counter()
+            opt.step()
+            times.append(time.perf_counter() - t0)
+    return {name: statistics.median(times) for name, (_, times) in runs.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cases", nargs="+", default=["large", "small"])
+    parser.add_argument("--threads", nargs="+", type=int, default=[1, 2])
+    parser.add_argument("--reps", type=int, default=11)
+    args = parser.parse_args()
+
+    print(f"torch {torch.__version__}, adan {adan.__version__}, reps {args.reps} (medians)\n")
+    print("| case | threads | implementation | median ms | x fused AdamW |")
+    print("|---|---:|---|---:|---:|")
+    for case in args.cases:
+        for threads in args.threads:
+            medians = bench_case(case, threads, args.reps)
+            base = medians["torch AdamW fused"]
+            for name, t in medians.items():
+                print(f"| {case} | {threads} | {name} | {t * 1e3:.2f} | {t / base:.2f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
