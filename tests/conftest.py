@@ -29,8 +29,8 @@ def golden_cases() -> list[dict]:
 
 def assert_rel_close(actual, expected, rel: float, what: str = "") -> None:
     """max |actual - expected| <= rel * max |expected| (norm-wise relative error)."""
-    a = np.asarray(actual.detach().cpu() if torch.is_tensor(actual) else actual, dtype=np.float64)
-    e = np.asarray(expected.detach().cpu() if torch.is_tensor(expected) else expected, dtype=np.float64)
+    a = np.asarray(actual.detach().cpu().double() if torch.is_tensor(actual) else actual, dtype=np.float64)
+    e = np.asarray(expected.detach().cpu().double() if torch.is_tensor(expected) else expected, dtype=np.float64)
     assert a.shape == e.shape, f"{what}: shape {a.shape} != {e.shape}"
     if e.size == 0:
         return

@@ -70,4 +70,5 @@ ERROR_INPUTS = [
 PATHS = {
     "single": dict(foreach=False),
     "foreach": dict(foreach=True),
+    "fused": dict(fused=True),
 }

@@ -1,10 +1,10 @@
 r"""Adan for PyTorch: one optimizer class, one functional entry point, several paths.
 
 The layout follows ``torch/optim/adamw.py``: :class:`Adan` gathers tensors and state,
-:func:`adan` dispatches to ``_single_tensor_adan`` (a per-tensor loop of in-place ops)
-or ``_multi_tensor_adan`` (``torch._foreach_*`` over device/dtype buckets). Both take
-the same arguments and implement the same update (code convention, see
-:mod:`adan.reference` for the paper's)::
+:func:`adan` dispatches to ``_single_tensor_adan`` (a per-tensor loop of in-place ops),
+``_multi_tensor_adan`` (``torch._foreach_*`` over device/dtype buckets) or
+``_fused_adan`` (one kernel pass, :mod:`adan._fused`). All take the same arguments and
+implement the same update (code convention, see :mod:`adan.reference` for the paper's)::
 
     g     = clip * grad                   (-clip * grad with maximize=True)
     d     = g - g'                        (g' = g at the first step)
@@ -17,8 +17,9 @@ the same arguments and implement the same update (code convention, see
     g'    = g                             stored as ``neg_pre_grad = -g``
 
 No path reads a tensor back to the host: the step count ``t`` lives in a tensor, the
-bias corrections are computed from it in float64 tensor arithmetic, and the global
-clipping factor stays a tensor.
+bias corrections are computed from it in float64 (tensor arithmetic, or inside the
+kernel), and the global clipping factor stays a tensor. bfloat16/float16 parameters
+keep float32 moments and are updated with float32 maths on every path.
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ from typing import Any, Callable, Iterable, Optional, Union
 import torch
 from torch import Tensor
 from torch.optim.optimizer import Optimizer, _get_foreach_kernels_supported_devices
+
+from adan import _fused
+from adan._fused import _fused_adan, state_dtype_for
 
 __all__ = ["Adan", "adan", "global_clip_coefficient"]
 
@@ -80,9 +84,12 @@ class Adan(Optimizer):
         no_prox: ``False`` (default) applies weight decay by proximation,
             ``p / (1 + lr wd)`` after the update; ``True`` decays decoupled,
             ``p (1 - lr wd)`` before it.
-        foreach: use the ``torch._foreach`` path; ``None`` picks it when every parameter
-            is a plain tensor on a device with foreach kernels or on the CPU.
-        fused: reserved for the fused kernels; ``None`` means the best available path.
+        foreach: use the ``torch._foreach`` path.
+        fused: use the fused kernel (C/OpenMP on the CPU, Triton on CUDA); ``True``
+            raises if it cannot run. With ``foreach=None, fused=None`` (default) the
+            fused kernel is chosen wherever it is available, then foreach, then the
+            single-tensor loop. ``fused=True`` also lets ``torch.amp.GradScaler`` hand
+            its scale and inf flag to the kernel (the step is skipped on inf).
         maximize: maximise the objective instead of minimising it.
         capturable: keep the step count on the parameters' device (for CUDA graphs).
 
@@ -115,8 +122,6 @@ class Adan(Optimizer):
         _check_hparams(lr, betas, eps, weight_decay, max_grad_norm)
         if fused and foreach:
             raise ValueError("Invalid options: foreach=True and fused=True cannot both be set")
-        if fused:
-            raise RuntimeError("fused=True: the fused Adan kernels are not available in this build")
         defaults = dict(
             lr=lr,
             betas=tuple(betas),
@@ -130,6 +135,12 @@ class Adan(Optimizer):
             capturable=capturable,
         )
         super().__init__(params, defaults)
+        if fused:
+            self._step_supports_amp_scaling = True  # GradScaler passes grad_scale/found_inf
+            for group in self.param_groups:
+                for p in group["params"]:
+                    if not _fused.fused_available(p.device):
+                        raise RuntimeError(f"fused=True: {_fused.unavailable_reason(p.device)}")
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         merged = {**self.defaults, **param_group}
@@ -159,37 +170,47 @@ class Adan(Optimizer):
 
     # ------------------------------------------------------------------ state
     def _new_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
-        step_device = p.device if group["capturable"] else torch.device("cpu")
         return {
-            "step": torch.zeros((), dtype=torch.float32, device=step_device),
-            "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
-            "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format),
-            "exp_avg_diff": torch.zeros_like(p, memory_format=torch.preserve_format),
+            "step": torch.zeros((), dtype=torch.float32, device=_step_device(p, group)),
+            "exp_avg": _zeros_state(p),
+            "exp_avg_sq": _zeros_state(p),
+            "exp_avg_diff": _zeros_state(p),
         }
 
     def _gather_group(self, group: dict[str, Any]) -> dict[str, list]:
-        """Gather the tensors of the parameters that have a gradient (complex as real views)."""
-        lists: dict[str, list] = {k: [] for k in ("params", "grads", "exp_avgs", "exp_avg_sqs", "exp_avg_diffs", "neg_pre_grads", "state_steps")}
-        fresh: list[int] = []  # indices whose previous gradient starts as the current one
-        for p in group["params"]:
-            if p.grad is None:
-                continue
-            if p.grad.is_sparse:
-                raise RuntimeError("Adan does not support sparse gradients; use a dense gradient or torch.optim.SparseAdam")
-            state = self.state[p]
-            if len(state) == 0 or "exp_avg" not in state:
-                state.update(self._new_state(p, group))
-            if "neg_pre_grad" not in state:
-                state["neg_pre_grad"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                fresh.append(len(lists["params"]))
-            real = torch.view_as_real if torch.is_complex(p) else (lambda t: t)
-            lists["params"].append(real(p))
-            lists["grads"].append(real(p.grad))
-            lists["exp_avgs"].append(real(state["exp_avg"]))
-            lists["exp_avg_sqs"].append(real(state["exp_avg_sq"]))
-            lists["exp_avg_diffs"].append(real(state["exp_avg_diff"]))
-            lists["neg_pre_grads"].append(real(state["neg_pre_grad"]))
-            lists["state_steps"].append(state["step"])
+        """Gather the tensors of the parameters that have a gradient (complex as real views).
+
+        Written as list comprehensions: with thousands of small tensors this loop is a
+        visible part of a fused step.
+        """
+        params = [p for p in group["params"] if p.grad is not None]
+        grads = [p.grad for p in params]
+        if any(g.is_sparse for g in grads):
+            raise RuntimeError("Adan does not support sparse gradients; use a dense gradient or torch.optim.SparseAdam")
+        all_state = self.state
+        states = [all_state[p] for p in params]
+        negs = [s.get("neg_pre_grad") for s in states]
+        fresh = []  # indices whose previous gradient starts as the current one
+        if any(n is None for n in negs):  # new parameters, or the first step after a restart
+            for i, (p, state) in enumerate(zip(params, states)):
+                if negs[i] is None:
+                    if "exp_avg" not in state:
+                        state.update(self._new_state(p, group))
+                    negs[i] = state["neg_pre_grad"] = _zeros_state(p)
+                    fresh.append(i)
+        lists = {
+            "params": params,
+            "grads": grads,
+            "exp_avgs": [s["exp_avg"] for s in states],
+            "exp_avg_sqs": [s["exp_avg_sq"] for s in states],
+            "exp_avg_diffs": [s["exp_avg_diff"] for s in states],
+            "neg_pre_grads": negs,
+            "state_steps": [s["step"] for s in states],
+        }
+        if any(p.is_complex() for p in params):
+            for key, values in lists.items():
+                if key != "state_steps":
+                    lists[key] = [torch.view_as_real(t) if t.is_complex() else t for t in values]
         lists["fresh"] = fresh
         return lists
 
@@ -225,26 +246,36 @@ class Adan(Optimizer):
         # Gather everything first: a bad gradient raises before any state changes.
         gathered = [self._gather_group(group) for group in self.param_groups]
 
+        # Set by torch.amp.GradScaler when fused=True (see _step_supports_amp_scaling).
+        grad_scale = getattr(self, "grad_scale", None)
+        found_inf = getattr(self, "found_inf", None)
+
         clip_coef = None
         max_grad_norm = self.param_groups[0]["max_grad_norm"]  # one value for all groups
         if max_grad_norm > 0:
             grads = [g for lists in gathered for g in lists["grads"]]
             if grads:
-                clip_coef = global_clip_coefficient(grads, max_grad_norm, self.param_groups[-1]["eps"])
+                clip_coef = global_clip_coefficient(
+                    grads, max_grad_norm, self.param_groups[-1]["eps"], grad_scale=grad_scale
+                )
 
         for group, lists in zip(self.param_groups, gathered):
             fresh = lists.pop("fresh")
             if not lists["params"]:
                 continue
-            scale = _grad_scale(clip_coef, group["maximize"])
-            for i in fresh:  # g' = g at the first step: the difference term is zero
-                neg = lists["neg_pre_grads"][i]
-                torch.mul(lists["grads"][i], -scale if scale is not None else -1.0, out=neg)
+            foreach, fused = _resolve_path(lists["params"], group["foreach"], group["fused"])
+            if not fused:  # g' = g at the first step (the fused kernel does this itself)
+                scale = _grad_scale(clip_coef, group["maximize"])
+                for i in fresh:
+                    g = lists["grads"][i]
+                    torch.mul(g.to(lists["neg_pre_grads"][i].dtype), -scale if scale is not None else -1.0, out=lists["neg_pre_grads"][i])
             beta1, beta2, beta3 = group["betas"]
             adan(
                 **lists,
-                foreach=group["foreach"],
-                fused=group["fused"],
+                foreach=foreach,
+                fused=fused,
+                grad_scale=grad_scale,
+                found_inf=found_inf,
                 clip_coef=clip_coef,
                 beta1=beta1,
                 beta2=beta2,
@@ -271,8 +302,27 @@ class Adan(Optimizer):
         clip_norms = {g.get("max_grad_norm", 0.0) for g in state_dict["param_groups"]}
         if len(clip_norms) > 1:
             raise ValueError(f"loaded state dict has different max_grad_norm values per group {sorted(clip_norms)}; clipping is global")
+        saved_state = state_dict["state"]
+        saved_ids = [pid for g in state_dict["param_groups"] for pid in g["params"]]
         super().load_state_dict(state_dict)
         self.defaults["max_grad_norm"] = self.param_groups[0]["max_grad_norm"]
+        # torch casts every state tensor to its parameter's dtype; moments of low-precision
+        # parameters are float32 here, so restore them from the saved (uncast) values.
+        # Then every state tensor is made what the paths (the fused kernel in particular,
+        # which checks nothing per tensor) rely on: laid out like its parameter, of the
+        # policy dtype, with a float32 step counter where _new_state would put it.
+        flat = [(p, g) for g in self.param_groups for p in g["params"]]
+        for pid, (p, group) in zip(saved_ids, flat):
+            state = self.state.get(p)
+            if not state:
+                continue
+            saved = saved_state.get(pid, {})
+            for key in _STATE_BUFFERS:
+                if key in state:
+                    source = saved[key] if torch.is_tensor(saved.get(key)) else state[key]
+                    state[key] = _zeros_state(p).copy_(source)
+            if "step" in state:
+                state["step"] = torch.as_tensor(state["step"], dtype=torch.float32).reshape(()).to(_step_device(p, group))
 
     def _check_state_shapes(self, state_dict: dict[str, Any]) -> None:
         saved_groups = state_dict.get("param_groups", [])
@@ -324,10 +374,13 @@ def _from_reference_format(state_dict: dict[str, Any], current_groups: list[dict
 
 
 # --------------------------------------------------------------------- maths
-def global_clip_coefficient(grads: list[Tensor], max_norm: float, eps: float) -> Tensor:
+def global_clip_coefficient(
+    grads: list[Tensor], max_norm: float, eps: float, *, grad_scale: Optional[Tensor] = None
+) -> Tensor:
     """``min(1, max_norm / (||grads||_2 + eps))`` as a 0-d tensor, without a host sync.
 
-    The norm is accumulated in float32, or float64 when any gradient is float64.
+    The norm is accumulated in float32, or float64 when any gradient is float64. With
+    ``grad_scale`` (gradients still multiplied by a loss scale) the norm is divided by it.
     """
     acc_dtype = torch.float64 if any(g.dtype == torch.float64 for g in grads) else torch.float32
     device = grads[0].device
@@ -340,6 +393,8 @@ def global_clip_coefficient(grads: list[Tensor], max_norm: float, eps: float) ->
             bucket_norms = [torch.linalg.vector_norm(g, dtype=acc_dtype) for g in bucket]
         norms.extend(n.to(device) for n in bucket_norms)
     total = torch.linalg.vector_norm(torch.stack(norms))
+    if grad_scale is not None:
+        total = total / grad_scale.to(device=device, dtype=total.dtype)
     return (max_norm / (total + eps)).clamp(max=1.0)
 
 
@@ -348,6 +403,16 @@ def _grad_scale(clip_coef: Optional[Tensor], maximize: bool) -> Union[Tensor, fl
     if clip_coef is None:
         return -1.0 if maximize else None
     return -clip_coef if maximize else clip_coef
+
+
+def _step_device(p: Tensor, group: dict[str, Any]) -> torch.device:
+    """The fused CUDA kernel and capturable mode read the step count on the device."""
+    on_device = group["capturable"] or (group["fused"] is not False and p.device.type == "cuda")
+    return p.device if on_device else torch.device("cpu")
+
+
+def _zeros_state(p: Tensor) -> Tensor:
+    return torch.zeros_like(p, dtype=state_dtype_for(p.dtype), memory_format=torch.preserve_format)
 
 
 def _scale_grads(grads: list[Tensor], scale: Union[Tensor, float], device: torch.device) -> list[Tensor]:
@@ -372,6 +437,117 @@ def _step_coefficients(
     return step_size, step_size_diff, inv_bc3_sqrt
 
 
+# CPU tensors above this many elements are updated in slices of it, so that the dozen
+# passes of the non-fused update run on data that stays in the L2 cache.
+_CHUNK = 1 << 16
+
+
+def _adan_lists(
+    p: list[Tensor],
+    g: list[Tensor],
+    m: list[Tensor],
+    v: list[Tensor],
+    n: list[Tensor],
+    neg: list[Tensor],
+    coefs: tuple[Tensor, Tensor, Tensor],
+    *,
+    scale: Union[Tensor, float, None],
+    beta1: float,
+    beta2: float,
+    beta3: float,
+    eps: float,
+    lr: LR,
+    weight_decay: float,
+    no_prox: bool,
+) -> None:
+    """The non-fused update on lists of tensors of one device and dtype, in place.
+
+    ``coefs`` = (``lr / (1 - b1^t)``, ``lr b2 / (1 - b2^t)``, ``1 / sqrt(1 - b3^t)``),
+    1-D float64 tensors with one value per tensor. The ``neg_pre_grad`` buffers carry
+    ``d``, then ``(g + b2 d) / b2``, then the denominator, and finally ``-g``: apart
+    from a scaled or upcast gradient, nothing is allocated.
+
+    On the CPU every ``_foreach`` op is a loop over per-tensor ops, and a Python scalar
+    costs a wrapped-tensor allocation per tensor there; 0-d tensors (``_c``) and the
+    per-tensor-value overloads (``addcmul``/``addcdiv`` with a 1-D tensor) avoid it.
+    """
+    device = p[0].device
+    cpu = device.type == "cpu" and not torch.compiler.is_compiling()
+    _c = (lambda x: torch.tensor(x, dtype=torch.float64)) if cpu else (lambda x: x)
+    step_size, step_size_diff, inv_bc3_sqrt = coefs
+    if scale is not None:
+        g = _scale_grads(g, scale, device)
+    work = p
+    if p[0].dtype != m[0].dtype:  # low-precision parameters: float32 maths and state
+        g = [x.to(m[0].dtype) for x in g]
+        work = [x.to(m[0].dtype) for x in p]
+    torch._foreach_add_(neg, g)  # d = g - g'
+    torch._foreach_lerp_(m, g, 1 - beta1)
+    torch._foreach_lerp_(v, neg, 1 - beta2)
+    torch._foreach_mul_(n, _c(beta3))
+    if beta2 >= 0.01:  # n += (1 - b3) (g + b2 d)^2, as (1 - b3) b2^2 (d + g / b2)^2: one pass fewer
+        torch._foreach_add_(neg, g, alpha=1 / beta2)
+        torch._foreach_addcmul_(n, neg, neg, value=(1 - beta3) * beta2 * beta2)
+    else:  # tiny b2: 1 / b2 would overflow
+        torch._foreach_mul_(neg, _c(beta2))
+        torch._foreach_add_(neg, g)
+        torch._foreach_addcmul_(n, neg, neg, value=1 - beta3)
+    torch._foreach_copy_(neg, n)
+    torch._foreach_sqrt_(neg)
+    if cpu:  # neg * c3 as neg + (c3 - 1) * neg * 1, with per-tensor values
+        torch._foreach_addcmul_(neg, neg, [_ONE] * len(neg), inv_bc3_sqrt - 1)
+    else:
+        torch._foreach_mul_(neg, inv_bc3_sqrt.to(device).unbind())
+    torch._foreach_add_(neg, _c(eps))  # denom = sqrt(n) / sqrt(1 - b3^t) + eps
+    if weight_decay != 0 and no_prox:
+        torch._foreach_mul_(work, _c(1 - lr * weight_decay) if not torch.is_tensor(lr) else 1 - lr * weight_decay)
+    if cpu and step_size.device.type == "cpu":
+        # One value per tensor, read by the kernel from CPU memory: no temporaries.
+        torch._foreach_addcdiv_(work, m, neg, -step_size)
+        torch._foreach_addcdiv_(work, v, neg, -step_size_diff)
+    else:  # step counts on the device (capturable) or traced: 0-d tensor scalars
+        update = torch._foreach_mul(v, step_size_diff.to(device).unbind())
+        torch._foreach_add_(update, torch._foreach_mul(m, step_size.to(device).unbind()))
+        torch._foreach_div_(update, neg)
+        torch._foreach_sub_(work, update)
+    if weight_decay != 0 and not no_prox:
+        torch._foreach_div_(work, _c(1 + lr * weight_decay) if not torch.is_tensor(lr) else 1 + lr * weight_decay)
+    if work is not p:
+        torch._foreach_copy_(p, work)
+    torch._foreach_copy_(neg, g)
+    torch._foreach_neg_(neg)
+
+
+_ONE = torch.ones(())
+
+
+def _increment(steps: list[Tensor]) -> None:
+    """``steps += 1``; on the CPU with a 0-d tensor (a Python 1 costs an allocation per tensor)."""
+    if steps[0].device.type == "cpu" and not torch.compiler.is_compiling():
+        torch._foreach_add_(steps, [_ONE] * len(steps))
+    else:
+        torch._foreach_add_(steps, 1)
+
+
+def _chunks(tensors: tuple[Tensor, ...]):
+    """Equal slices of at most _CHUNK elements of same-shaped tensors (whole if strided)."""
+    numel = tensors[0].numel()
+    if numel <= _CHUNK or not all(t.is_contiguous() for t in tensors) or torch.compiler.is_compiling():
+        yield tensors
+        return
+    flat = [t.view(-1) for t in tensors]
+    for start in range(0, numel, _CHUNK):
+        yield tuple(f[start : start + _CHUNK] for f in flat)
+
+
+def _per_tensor(lists, coefs: tuple[Tensor, ...], indices, kwargs) -> None:
+    """Update the tensors at ``indices`` one at a time (slice by slice on the CPU)."""
+    for i in indices:
+        tensor_coefs = tuple(c[i : i + 1] for c in coefs)
+        for p, g, m, v, n, neg in _chunks(tuple(lst[i] for lst in lists)):
+            _adan_lists([p], [g], [m], [v], [n], [neg], tensor_coefs, **kwargs)
+
+
 def _single_tensor_adan(
     params: list[Tensor],
     grads: list[Tensor],
@@ -392,30 +568,14 @@ def _single_tensor_adan(
     maximize: bool,
     capturable: bool,
 ) -> None:
-    scale = _grad_scale(clip_coef, maximize)
-    for i, param in enumerate(params):
-        grad, neg = grads[i], neg_pre_grads[i]
-        m, n, v, step_t = exp_avgs[i], exp_avg_sqs[i], exp_avg_diffs[i], state_steps[i]
-        device = param.device
-
-        step_t += 1
-        step_size, step_size_diff, inv_bc3_sqrt = (c.to(device) for c in _step_coefficients(step_t, lr, beta1, beta2, beta3))
-
-        g = grad if scale is None else _scale_grads([grad], scale, device)[0]
-        d = neg.add_(g)  # neg_pre_grad now holds d = g - g'
-        m.lerp_(g, 1 - beta1)
-        v.lerp_(d, 1 - beta2)
-        nme = torch.add(g, d, alpha=beta2, out=d)  # g + b2 d, in the same buffer
-        n.mul_(beta3).addcmul_(nme, nme, value=1 - beta3)
-
-        denom = n.sqrt().mul_(inv_bc3_sqrt).add_(eps)
-        update = torch.mul(m, step_size).addcmul_(v, step_size_diff).div_(denom)
-        if weight_decay != 0 and no_prox:
-            param.mul_(1 - lr * weight_decay)
-        param.sub_(update)
-        if weight_decay != 0 and not no_prox:
-            param.div_(1 + lr * weight_decay)
-        torch.neg(g, out=neg)
+    if not params:
+        return
+    _increment(state_steps)
+    coefs = _step_coefficients(torch.stack(state_steps), lr, beta1, beta2, beta3)
+    kwargs = dict(scale=_grad_scale(clip_coef, maximize), beta1=beta1, beta2=beta2, beta3=beta3, eps=eps,
+                  lr=lr, weight_decay=weight_decay, no_prox=no_prox)  # fmt: skip
+    lists = (params, grads, exp_avgs, exp_avg_diffs, exp_avg_sqs, neg_pre_grads)
+    _per_tensor(lists, coefs, range(len(params)), kwargs)
 
 
 def _multi_tensor_adan(
@@ -441,51 +601,67 @@ def _multi_tensor_adan(
     if not params:
         return
     buckets = Optimizer._group_tensors_by_device_and_dtype(
-        [params, grads, exp_avgs, exp_avg_sqs, exp_avg_diffs, neg_pre_grads, state_steps]
+        [params, grads, exp_avgs, exp_avg_diffs, exp_avg_sqs, neg_pre_grads, state_steps]
     )
-    scale = _grad_scale(clip_coef, maximize)
-    for (p, g, m, n, v, neg, steps), _ in buckets.values():
-        device = p[0].device  # bucket keys are (None, None) under torch.compile
-        torch._foreach_add_(steps, 1)
-        step_size, step_size_diff, inv_bc3_sqrt = _step_coefficients(torch.stack(steps), lr, beta1, beta2, beta3)
-
-        if scale is not None:
-            g = _scale_grads(g, scale, device)
-        d = neg
-        torch._foreach_add_(d, g)  # d = g - g'
-        torch._foreach_lerp_(m, g, 1 - beta1)
-        torch._foreach_lerp_(v, d, 1 - beta2)
-        torch._foreach_mul_(d, beta2)
-        torch._foreach_add_(d, g)  # g + b2 d
-        torch._foreach_mul_(n, beta3)
-        torch._foreach_addcmul_(n, d, d, value=1 - beta3)
-
-        denom = torch._foreach_sqrt(n)
-        torch._foreach_mul_(denom, inv_bc3_sqrt.to(device).unbind())
-        torch._foreach_add_(denom, eps)
-        if weight_decay != 0 and no_prox:
-            torch._foreach_mul_(p, 1 - lr * weight_decay)
-        if step_size.device.type == "cpu" and not torch.compiler.is_compiling():
-            # One value per tensor, read by the kernel from CPU memory: no temporaries.
-            torch._foreach_addcdiv_(p, m, denom, -step_size)
-            torch._foreach_addcdiv_(p, v, denom, -step_size_diff)
-        else:  # step counts on the device (capturable) or traced: 0-d tensor scalars
-            update = torch._foreach_mul(v, step_size_diff.to(device).unbind())
-            torch._foreach_add_(update, torch._foreach_mul(m, step_size.to(device).unbind()))
-            torch._foreach_div_(update, denom)
-            torch._foreach_sub_(p, update)
-        if weight_decay != 0 and not no_prox:
-            torch._foreach_div_(p, 1 + lr * weight_decay)
-        torch._foreach_copy_(neg, g)
-        torch._foreach_neg_(neg)
+    kwargs = dict(scale=_grad_scale(clip_coef, maximize), beta1=beta1, beta2=beta2, beta3=beta3, eps=eps,
+                  lr=lr, weight_decay=weight_decay, no_prox=no_prox)  # fmt: skip
+    for (*lists, steps), _ in buckets.values():
+        _increment(steps)
+        coefs = _step_coefficients(torch.stack(steps), lr, beta1, beta2, beta3)
+        if lists[0][0].device.type != "cpu" or torch.compiler.is_compiling():
+            _adan_lists(*lists, coefs, **kwargs)
+            continue
+        # On the CPU, work in cache-sized pieces: a large tensor slice by slice, small
+        # ones in foreach batches of about _CHUNK elements.
+        numels = [t.numel() for t in lists[0]]
+        _per_tensor(lists, coefs, [i for i, k in enumerate(numels) if k > _CHUNK], kwargs)
+        batch, size = [], 0
+        for i, k in enumerate(numels + [_CHUNK + 1]):  # a sentinel flushes the last batch
+            if batch and (size + k > _CHUNK or i == len(numels)):
+                idx = torch.tensor(batch)
+                _adan_lists(*([lst[j] for j in batch] for lst in lists), tuple(c[idx] for c in coefs), **kwargs)
+                batch, size = [], 0
+            if i < len(numels) and k <= _CHUNK:
+                batch.append(i)
+                size += k
 
 
 def _has_foreach_kernels(device: torch.device) -> bool:
     return device.type == "cpu" or device.type in _get_foreach_kernels_supported_devices()
 
 
+_PLAIN = (Tensor, torch.nn.Parameter)
+_PLAIN_SET = set(_PLAIN)
+_FUSED_DTYPES = {torch.float32, torch.float64, torch.bfloat16, torch.float16}
+
+
 def _default_to_foreach(params: list[Tensor]) -> bool:
-    return all(type(p) in (Tensor, torch.nn.Parameter) and _has_foreach_kernels(p.device) for p in params)
+    return all(type(p) in _PLAIN and _has_foreach_kernels(p.device) for p in params)
+
+
+def _fused_suits(params: list[Tensor]) -> bool:
+    """Plain, contiguous tensors of a dtype and device the fused kernel handles."""
+    # Set comprehensions over cheap attributes: this runs every step for fused=None.
+    return (
+        {type(p) for p in params} <= _PLAIN_SET
+        and {p.dtype for p in params} <= _FUSED_DTYPES
+        and ({p.is_cpu for p in params} == {True} or {p.is_cuda for p in params} == {True})
+        and all([p.is_contiguous() for p in params])
+    )
+
+
+def _resolve_path(params: list[Tensor], foreach: Optional[bool], fused: Optional[bool]) -> tuple[bool, bool]:
+    """(foreach, fused) for these tensors: fused wherever it is available, unless told."""
+    if fused is None and not foreach:
+        if foreach is None and _fused_suits(params):
+            devices = {p.device for p in params}
+            if all(_fused.fused_available(d) for d in devices):
+                return False, True
+            _fused.warn_fallback(next(iter(devices)))
+        fused = False
+    if foreach is None:
+        foreach = not fused and _default_to_foreach(params)
+    return bool(foreach), bool(fused)
 
 
 def adan(
@@ -509,18 +685,24 @@ def adan(
     no_prox: bool,
     maximize: bool = False,
     capturable: bool = False,
+    grad_scale: Optional[Tensor] = None,
+    found_inf: Optional[Tensor] = None,
 ) -> None:
     """Functional Adan: update ``params`` and the state lists in place.
 
     ``neg_pre_grads`` must already hold minus the previous gradient (minus the current,
-    scaled gradient at a parameter's first step). ``clip_coef`` multiplies every
-    gradient (see :func:`global_clip_coefficient`). See :class:`Adan` for the rest.
+    scaled gradient at a parameter's first step; the fused kernel instead ignores it at
+    ``t = 1``). ``clip_coef`` multiplies every gradient (see
+    :func:`global_clip_coefficient`). ``grad_scale``/``found_inf`` (fused only) unscale
+    the gradients and skip the step on inf. See :class:`Adan` for the rest.
     """
+    foreach, fused = _resolve_path(params, foreach, fused)
     if fused:
-        raise RuntimeError("fused=True: the fused Adan kernels are not available in this build")
-    if foreach is None:
-        foreach = _default_to_foreach(params)
-    func = _multi_tensor_adan if foreach else _single_tensor_adan
+        func = _fused_adan
+    else:
+        if grad_scale is not None or found_inf is not None:
+            raise RuntimeError("grad_scale and found_inf are supported by the fused path only")
+        func = _multi_tensor_adan if foreach else _single_tensor_adan
     func(
         params,
         grads,
@@ -539,4 +721,5 @@ def adan(
         no_prox=no_prox,
         maximize=maximize,
         capturable=capturable,
+        **({"grad_scale": grad_scale, "found_inf": found_inf} if fused else {}),
     )

@@ -1,0 +1,283 @@
+"""The fused Adan path: one pass over all elements, on the CPU (C/OpenMP) or CUDA (Triton).
+
+``_fused_adan`` has the same signature as the single-tensor and foreach paths. In eager
+mode it calls the kernel directly (a ctypes call on the CPU); under ``torch.compile`` it
+goes through the custom op ``adan::fused_adan_`` so that the compiler sees one opaque
+op that mutates the parameters and the state in place.
+
+Scalars that may be tensors (lr, the clip factor, GradScaler's scale and found_inf) are
+folded into one small float64 tensor ``scalars = [lr, grad_multiplier, found_inf]`` on
+the parameters' device, which the kernels read themselves: no host sync. The step
+counts are incremented by the kernels, and the bias corrections are computed there in
+double from them.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import warnings
+from array import array
+from pathlib import Path
+from typing import Optional, Union
+
+import torch
+from torch import Tensor
+
+from adan._native import BuildError, load_library
+
+__all__ = ["fused_available", "state_dtype_for"]
+
+_KERNEL_SOURCE = Path(__file__).parent / "kernels" / "adan_cpu.c"
+_DTYPE_CODES = {torch.float32: 0, torch.float64: 1, torch.bfloat16: 2, torch.float16: 3}
+_LOW_PRECISION = (torch.bfloat16, torch.float16)
+_cpu_lib: Optional[ctypes.CDLL] = None
+_cpu_error: Optional[str] = None
+_warned = False
+
+
+def state_dtype_for(param_dtype: torch.dtype) -> torch.dtype:
+    """bfloat16/float16 parameters keep float32 moments; others their own dtype."""
+    return torch.float32 if param_dtype in _LOW_PRECISION else param_dtype
+
+
+def _load_cpu() -> Optional[ctypes.CDLL]:
+    global _cpu_lib, _cpu_error
+    if _cpu_lib is None and _cpu_error is None:
+        try:
+            lib = load_library(_KERNEL_SOURCE)
+        except (BuildError, OSError) as exc:
+            _cpu_error = str(exc)
+            return None
+        fn = lib.adan_fused_step
+        fn.restype = ctypes.c_int
+        fn.argtypes = [
+            ctypes.c_int64, ctypes.c_int32, ctypes.c_void_p,  # n, dtype, numels
+            ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,  # p, g, m, v
+            ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,  # n, neg, steps, scalars
+            ctypes.c_double, ctypes.c_double, ctypes.c_double, ctypes.c_double, ctypes.c_double,
+            ctypes.c_int32, ctypes.c_int32,
+        ]
+        _cpu_lib = lib
+    return _cpu_lib
+
+
+def _triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def fused_available(device: Union[str, torch.device] = "cpu") -> bool:
+    """Whether the fused kernel can run on ``device`` (compiling the CPU kernel if needed)."""
+    device = torch.device(device)
+    if device.type == "cpu":
+        return _load_cpu() is not None
+    if device.type == "cuda":
+        return _triton_available()
+    return False
+
+
+def unavailable_reason(device: torch.device) -> str:
+    if device.type == "cpu":
+        _load_cpu()
+        return f"the CPU kernel could not be built: {_cpu_error}"
+    if device.type == "cuda":
+        return "the CUDA kernel needs Triton (pip install triton)"
+    return f"no fused Adan kernel for device type {device.type!r}"
+
+
+def warn_fallback(device: torch.device) -> None:
+    """One warning per process when fused=None cannot use the fused kernel."""
+    global _warned
+    if not _warned:
+        _warned = True
+        warnings.warn(
+            f"adan: falling back from the fused kernel to the foreach path: {unavailable_reason(device)}",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+
+
+def _as_f64(x: Union[Tensor, float], device: torch.device) -> Tensor:
+    if torch.is_tensor(x):
+        return x.detach().reshape(()).to(device=device, dtype=torch.float64)
+    # torch.full launches a fill with the value as an argument: no host-to-device copy,
+    # so this stays legal under CUDA-graph capture.
+    return torch.full((), float(x), dtype=torch.float64, device=device)
+
+
+def _scalars(
+    lr: Union[Tensor, float],
+    clip_coef: Optional[Tensor],
+    maximize: bool,
+    grad_scale: Optional[Tensor],
+    found_inf: Optional[Tensor],
+    device: torch.device,
+) -> Tensor:
+    """``[lr, grad_multiplier, found_inf]`` as float64 on ``device``, without a host sync."""
+    sign = -1.0 if maximize else 1.0
+    if device.type == "cpu" and not any(torch.is_tensor(x) for x in (lr, clip_coef, grad_scale, found_inf)):
+        return torch.tensor([float(lr), sign, 0.0], dtype=torch.float64)
+    mult = _as_f64(sign, device)
+    if clip_coef is not None:
+        mult = mult * _as_f64(clip_coef, device)
+    if grad_scale is not None:
+        mult = mult / _as_f64(grad_scale, device)
+    inf = _as_f64(found_inf, device) if found_inf is not None else _as_f64(0.0, device)
+    return torch.stack([_as_f64(lr, device), mult, inf])
+
+
+def _launch_cpu(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_diffs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    neg_pre_grads: list[Tensor],
+    state_steps: list[Tensor],
+    scalars: Tensor,
+    beta1: float,
+    beta2: float,
+    beta3: float,
+    eps: float,
+    weight_decay: float,
+    no_prox: bool,
+) -> None:
+    """One kernel call for a bucket of CPU tensors of one parameter dtype."""
+    lib = _load_cpu()
+    if lib is None:
+        raise RuntimeError(f"fused=True: {unavailable_reason(torch.device('cpu'))}")
+    dtype = params[0].dtype
+    if dtype not in _DTYPE_CODES:
+        raise TypeError(f"fused Adan supports float32, float64, bfloat16 and float16 parameters, not {dtype}")
+    sdtype = state_dtype_for(dtype)
+    # The kernel indexes every tensor of a slot as a flat array of the parameter's numel:
+    # check what memory safety needs, in as few Python-level passes as possible.
+    odd = [k for k, (p, g) in enumerate(zip(params, grads)) if not (p.is_contiguous() and g.is_contiguous() and g.dtype == dtype)]
+    for k in odd:
+        p = params[k]
+        if not p.is_contiguous():
+            raise ValueError(
+                f"fused Adan needs contiguous parameters; parameter {k} of shape {tuple(p.shape)} has strides "
+                f"{p.stride()} (use foreach=True, or make the parameter contiguous)"
+            )
+        grads[k] = grads[k].to(dtype=dtype, memory_format=torch.contiguous_format)
+    # The state needs no per-step check: Adan creates it (and load_state_dict casts it)
+    # as contiguous tensors of the parameter's shape in state_dtype_for(dtype), with
+    # float32 step counters on the CPU. Check the first of each slot as a safeguard.
+    if not (exp_avgs[0].dtype == exp_avg_diffs[0].dtype == exp_avg_sqs[0].dtype == neg_pre_grads[0].dtype == sdtype):
+        raise TypeError(f"fused Adan: the state of {dtype} parameters must be {sdtype}")
+    if state_steps[0].dtype != torch.float32 or not state_steps[0].is_cpu:
+        raise TypeError("fused Adan: state 'step' must be float32 tensors on the CPU")
+
+    n = len(params)
+    ptrs = array("q", [t.data_ptr() for lst in (params, grads, exp_avgs, exp_avg_diffs, exp_avg_sqs, neg_pre_grads, state_steps) for t in lst])
+    numels = array("q", [p.numel() for p in params])
+    base, _ = ptrs.buffer_info()
+    stride = n * ptrs.itemsize
+    scalars = scalars.contiguous()
+    rc = lib.adan_fused_step(
+        n, _DTYPE_CODES[dtype], numels.buffer_info()[0],
+        base, base + stride, base + 2 * stride, base + 3 * stride,
+        base + 4 * stride, base + 5 * stride, base + 6 * stride, scalars.data_ptr(),
+        beta1, beta2, beta3, eps, weight_decay, int(no_prox), torch.get_num_threads(),
+    )  # fmt: skip
+    if rc != 0:
+        raise RuntimeError(f"fused Adan CPU kernel failed with code {rc}")
+
+
+def _fused_impl(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_diffs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    neg_pre_grads: list[Tensor],
+    state_steps: list[Tensor],
+    scalars: Tensor,
+    beta1: float,
+    beta2: float,
+    beta3: float,
+    eps: float,
+    weight_decay: float,
+    no_prox: bool,
+) -> None:
+    lists = [params, grads, exp_avgs, exp_avg_diffs, exp_avg_sqs, neg_pre_grads, state_steps]
+    if len({p.dtype for p in params}) == 1 and params[0].device.type == "cpu":
+        buckets = [([list(x) for x in lists], params[0].device)]  # the common case, without grouping costs
+    else:
+        grouped = torch._C._group_tensors_by_device_and_dtype(lists, False)
+        buckets = [(bucket, device) for (device, _), (bucket, _) in grouped.items()]
+    for bucket, device in buckets:
+        if device.type == "cpu":
+            _launch_cpu(*bucket, scalars.to(device), beta1, beta2, beta3, eps, weight_decay, no_prox)
+        elif device.type == "cuda":
+            from adan.kernels.adan_triton import launch_triton
+
+            launch_triton(*bucket, scalars.to(device), beta1, beta2, beta3, eps, weight_decay, no_prox)
+        else:
+            raise RuntimeError(f"fused=True: {unavailable_reason(device)}")
+
+
+@torch.library.custom_op(
+    "adan::fused_adan_",
+    mutates_args=("params", "exp_avgs", "exp_avg_diffs", "exp_avg_sqs", "neg_pre_grads", "state_steps"),
+)
+def _fused_op(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_diffs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    neg_pre_grads: list[Tensor],
+    state_steps: list[Tensor],
+    scalars: Tensor,
+    beta1: float,
+    beta2: float,
+    beta3: float,
+    eps: float,
+    weight_decay: float,
+    no_prox: bool,
+) -> None:
+    """One fused Adan step, in place (see ``adan/kernels/adan_cpu.c`` for the maths)."""
+    _fused_impl(
+        params, grads, exp_avgs, exp_avg_diffs, exp_avg_sqs, neg_pre_grads, state_steps,
+        scalars, beta1, beta2, beta3, eps, weight_decay, no_prox,
+    )  # fmt: skip
+
+
+def _fused_adan(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    exp_avg_diffs: list[Tensor],
+    neg_pre_grads: list[Tensor],
+    state_steps: list[Tensor],
+    *,
+    clip_coef: Optional[Tensor],
+    beta1: float,
+    beta2: float,
+    beta3: float,
+    lr: Union[float, Tensor],
+    weight_decay: float,
+    eps: float,
+    no_prox: bool,
+    maximize: bool,
+    capturable: bool,
+    grad_scale: Optional[Tensor] = None,
+    found_inf: Optional[Tensor] = None,
+) -> None:
+    if not params:
+        return
+    scalars = _scalars(lr, clip_coef, maximize, grad_scale, found_inf, params[0].device)
+    args = (
+        list(params), list(grads), exp_avgs, exp_avg_diffs, exp_avg_sqs, neg_pre_grads, state_steps,
+        scalars, beta1, beta2, beta3, eps, weight_decay, no_prox,
+    )  # fmt: skip
+    if torch.compiler.is_compiling():
+        torch.ops.adan.fused_adan_(*args)
+    else:
+        _fused_impl(*args)

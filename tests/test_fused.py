@@ -1,0 +1,222 @@
+"""The fused path: CPU kernel (and the Triton kernel under its interpreter) against the others."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+import adan
+from adan import Adan
+from adan._fused import fused_available
+from conftest import assert_rel_close
+from optim_info import OPTIMIZER_INPUTS, PATHS
+
+pytestmark = pytest.mark.skipif(not fused_available("cpu"), reason="no C compiler for the fused CPU kernel")
+
+
+def _run(kwargs, shapes, dtype, steps=6, seed=0, **path):
+    g = torch.Generator().manual_seed(seed)
+    params = [torch.randn(s, generator=g).to(dtype).requires_grad_() for s in shapes]
+    opt = Adan(params, **kwargs, **path)
+    for _ in range(steps):
+        for p in params:
+            p.grad = torch.randn(p.shape, generator=g).to(dtype)
+        opt.step()
+    return params, opt
+
+
+@pytest.mark.parametrize("config", OPTIMIZER_INPUTS, ids=str)
+def test_fused_equals_single_tensor_float32(config):
+    shapes = [(5, 4), (7,), (), (0, 3), (300, 301)]
+    fused, o_fused = _run(config.kwargs, shapes, torch.float32, fused=True)
+    single, o_single = _run(config.kwargs, shapes, torch.float32, foreach=False)
+    for a, b in zip(fused, single):
+        assert_rel_close(a, b, 2e-6)
+        for key in ("exp_avg", "exp_avg_sq", "exp_avg_diff", "neg_pre_grad", "step"):
+            assert_rel_close(o_fused.state[a][key], o_single.state[b][key], 2e-6, key)
+
+
+@pytest.mark.parametrize("dtype,rel", [(torch.bfloat16, 1e-2), (torch.float16, 2e-3)], ids=str)
+@pytest.mark.parametrize("path", ["fused", "foreach"])
+def test_low_precision_params_use_float32_state_and_maths(dtype, rel, path):
+    """bf16/fp16 parameters: float32 moments on every path, results within a few ulps of each other."""
+    kwargs = dict(lr=1e-2, weight_decay=0.02, max_grad_norm=5.0)
+    shapes = [(64, 33), (1000,), ()]
+    low, o_low = _run(kwargs, shapes, dtype, **PATHS[path])
+    ref, _ = _run(kwargs, shapes, dtype, foreach=False)
+    hi, _ = _run(kwargs, shapes, torch.float32, foreach=False)  # same data, float32 parameters
+    for a, b, c in zip(low, ref, hi):
+        assert a.dtype == dtype and o_low.state[a]["exp_avg"].dtype == torch.float32
+        assert_rel_close(a.float(), b.float(), rel)
+        assert_rel_close(a.float(), c, 20 * rel)
+
+
+@pytest.mark.parametrize("numel", [0, 1, 3, 4097, 1_000_003])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_sizes_and_threads(numel, threads):
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        kwargs = dict(lr=1e-2, weight_decay=0.02, max_grad_norm=10.0)
+        fused, _ = _run(kwargs, [(numel,), (5,)], torch.float32, steps=3, fused=True)
+        single, _ = _run(kwargs, [(numel,), (5,)], torch.float32, steps=3, foreach=False)
+    finally:
+        torch.set_num_threads(previous)
+    for a, b in zip(fused, single):
+        assert_rel_close(a, b, 2e-6)
+
+
+def test_default_picks_fused_and_fused_true_rejects_strided_params():
+    base = torch.randn(6, 4)
+    strided = base.t().requires_grad_()  # not contiguous
+    strided.grad = torch.ones_like(strided)
+    with pytest.raises(ValueError, match="fused Adan needs contiguous parameters"):
+        Adan([strided], fused=True).step()
+    # fused=None takes the foreach path for it, with the same numbers.
+    a = base.t().contiguous().t().requires_grad_()  # transposed strides, own storage
+    b = base.t().contiguous().t().requires_grad_()
+    assert not a.is_contiguous()
+    for p in (a, b):
+        p.grad = torch.ones_like(p)
+    Adan([a], lr=0.1).step()
+    Adan([b], lr=0.1, foreach=True).step()
+    assert torch.equal(a, b)
+
+
+def test_fused_is_the_default_where_available(monkeypatch):
+    calls = []
+    real = adan._fused._fused_impl
+    monkeypatch.setattr(adan._fused, "_fused_impl", lambda *a, **k: calls.append(1) or real(*a, **k))
+    p = torch.zeros(4, requires_grad=True)
+    p.grad = torch.ones(4)
+    Adan([p]).step()
+    assert calls == [1]
+
+
+def _scaler_run(fused: bool, grads_scale=1024.0, inject_inf_at=None):
+    torch.manual_seed(0)
+    model = torch.nn.Linear(6, 3)
+    opt = Adan(model.parameters(), lr=1e-2, weight_decay=0.02, max_grad_norm=0.5, **({"fused": True} if fused else {"foreach": True}))
+    scaler = torch.amp.GradScaler("cpu", init_scale=grads_scale, growth_interval=1000)
+    x, y = torch.randn(16, 6), torch.randn(16, 3)
+    snapshots = []
+    for step in range(5):
+        opt.zero_grad()
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        scaler.scale(loss).backward()
+        if step == inject_inf_at:
+            model.weight.grad[0, 0] = float("inf")
+        scaler.step(opt)
+        scaler.update()
+        snapshots.append([p.detach().clone() for p in model.parameters()])
+    return model, opt, snapshots
+
+
+def test_grad_scaler_scale_and_found_inf_are_honoured():
+    fused, opt, _ = _scaler_run(True)
+    plain, _, _ = _scaler_run(False)  # GradScaler unscales in place, then a normal step
+    assert opt._step_supports_amp_scaling
+    for a, b in zip(fused.parameters(), plain.parameters()):
+        assert_rel_close(a, b, 1e-5)
+
+    _, opt_inf, snaps = _scaler_run(True, inject_inf_at=2)
+    for before, after in zip(snaps[1], snaps[2]):  # the step with an inf was skipped
+        assert torch.equal(before, after)
+    assert all(s["step"].item() == 4 for s in opt_inf.state.values())  # 5 steps, one skipped
+    for p in snaps[-1]:
+        assert torch.isfinite(p).all()
+
+
+def test_fused_step_allocates_nothing_model_sized():
+    params = [torch.zeros(1 << 18, requires_grad=True) for _ in range(8)]  # 2M elements, 8 MB
+    for p in params:
+        p.grad = torch.randn_like(p)
+    opt = Adan(params, fused=True, max_grad_norm=1.0, weight_decay=0.02)
+    opt.step()  # state creation happens here
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
+        opt.step()
+    allocated = sum(max(e.cpu_memory_usage, 0) for e in prof.events())
+    assert allocated < 64 * 1024, f"fused step allocated {allocated} bytes"
+
+
+def _run_isolated(code: str, env_extra: dict) -> subprocess.CompletedProcess:
+    env = {**os.environ, **env_extra}
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, env=env, timeout=600)
+
+
+def test_without_a_compiler_fused_true_raises_and_default_warns_once(tmp_path):
+    code = """
+        import warnings, torch
+        from adan import Adan
+        p = torch.zeros(3, requires_grad=True); p.grad = torch.ones(3)
+        try:
+            Adan([p], fused=True)
+        except RuntimeError as e:
+            print("RAISED:", e)
+        with warnings.catch_warnings(record=True) as w:
+            warnings.simplefilter("always")
+            opt = Adan([p], lr=0.1)
+            opt.step(); opt.step()
+        print("WARNINGS:", len([x for x in w if "falling back" in str(x.message)]))
+        q = torch.zeros(3, requires_grad=True); q.grad = torch.ones(3)
+        o2 = Adan([q], lr=0.1, foreach=True); o2.step(); o2.step()
+        print("EQUAL:", torch.equal(p, q))
+    """
+    out = _run_isolated(code, {"CC": "/nonexistent/cc", "ADAN_CACHE_DIR": str(tmp_path)})
+    assert out.returncode == 0, out.stderr
+    assert "RAISED: fused=True: the CPU kernel could not be built" in out.stdout
+    assert "WARNINGS: 1" in out.stdout
+    assert "EQUAL: True" in out.stdout
+
+
+def test_kernel_cache_is_reused(tmp_path):
+    code = "import torch, adan._fused as f; print(f.fused_available('cpu'))"
+    for _ in range(2):
+        out = _run_isolated(code, {"ADAN_CACHE_DIR": str(tmp_path)})
+        assert out.stdout.strip() == "True", out.stderr
+    assert len(list(tmp_path.glob("adan_cpu-*.so"))) == 1
+
+
+@pytest.mark.skipif(
+    subprocess.run([sys.executable, "-c", "import triton"], capture_output=True).returncode != 0,
+    reason="Triton is not installed (pip install triton) for its CPU interpreter",
+)
+def test_triton_kernel_under_the_interpreter_matches_the_cpu_kernel():
+    code = """
+        import torch
+        from adan.kernels.adan_triton import launch_triton
+        from adan._fused import _launch_cpu, _scalars
+        worst = {}
+        for dt in (torch.float32, torch.float64, torch.bfloat16):
+            sd = torch.float32 if dt == torch.bfloat16 else dt
+            shapes = [(3, 5), (4097,), (0,), ()]
+            g0 = torch.Generator().manual_seed(0)
+            pa = [torch.randn(s, generator=g0).to(dt) for s in shapes]
+            pb = [p.clone() for p in pa]
+            sa = [[torch.zeros(s, dtype=sd) for s in shapes] for _ in range(4)]
+            sb = [[t.clone() for t in lst] for lst in sa]
+            ta, tb = [torch.zeros(()) for _ in shapes], [torch.zeros(()) for _ in shapes]
+            for step in range(4):
+                grads = [torch.randn(s, generator=g0).to(dt) for s in shapes]
+                found = torch.tensor(1.0 if step == 2 else 0.0)
+                sc = _scalars(torch.tensor(1e-2), torch.tensor(0.7), step == 3, torch.tensor(2.0), found, torch.device("cpu"))
+                launch_triton(pa, grads, *sa, ta, sc, 0.98, 0.92, 0.99, 1e-8, 0.02, step == 1)
+                _launch_cpu(pb, list(grads), *sb, tb, sc, 0.98, 0.92, 0.99, 1e-8, 0.02, step == 1)
+            err = max(((a.double() - b.double()).abs().max() / b.double().abs().max()).item() for a, b in zip(pa, pb) if a.numel())
+            worst[str(dt)] = err
+            assert [t.item() for t in ta] == [t.item() for t in tb] == [3.0] * len(shapes)
+        print(worst)
+    """
+    out = _run_isolated(code, {"TRITON_INTERPRET": "1"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    worst = eval(out.stdout.strip().splitlines()[-1])
+    assert worst["torch.float64"] < 1e-14
+    assert worst["torch.float32"] < 1e-6
+    assert worst["torch.bfloat16"] < 3e-2
