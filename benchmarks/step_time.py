@@ -33,6 +33,7 @@ import adan
 from adan._native import load_library
 
 FLOOR_SOURCE = Path(__file__).parent / "floor_kernel.c"
+COMPILE_FOREACH = False
 
 
 class FloorStep:
@@ -53,10 +54,15 @@ class FloorStep:
 
 
 class CompiledStep:
-    """Adan's foreach path with ``opt.step`` compiled by torch.compile (inductor)."""
+    """``opt.step`` compiled by torch.compile (inductor); the fused kernel is one opaque op.
 
-    def __init__(self, params: list[torch.nn.Parameter]):
-        self.opt = adan.Adan(params, lr=1e-3, foreach=True)
+    (Compiling the foreach path instead makes inductor generate code for every tensor:
+    for the 1000-tensor case that took over 10 minutes here, so it is not a default row;
+    ``--compile-foreach`` adds it.)
+    """
+
+    def __init__(self, params: list[torch.nn.Parameter], **kwargs):
+        self.opt = adan.Adan(params, lr=1e-3, **kwargs)
         self.step = torch.compile(self.opt.step)
 
 
@@ -73,7 +79,7 @@ def make_case(name: str) -> list[torch.Tensor]:
     return [torch.randn(s, generator=g) for s in shapes]
 
 
-def contenders() -> dict[str, Callable[[list[torch.nn.Parameter]], torch.optim.Optimizer]]:
+def contenders(case: str) -> dict[str, Callable[[list[torch.nn.Parameter]], torch.optim.Optimizer]]:
     """Name -> factory. Optional peers are listed only when importable."""
     table = {
         "torch AdamW foreach": lambda ps: torch.optim.AdamW(ps, lr=1e-3, foreach=True),
@@ -89,7 +95,10 @@ def contenders() -> dict[str, Callable[[list[torch.nn.Parameter]], torch.optim.O
         table["pytorch_optimizer Adan"] = lambda ps: pytorch_optimizer.Adan(ps, lr=1e-3, foreach=True)
     except ImportError:
         pass
-    table["adan foreach + torch.compile"] = CompiledStep
+    if case == "large":  # dynamo traces the step once per tensor: 1000 tensors take many minutes
+        table["adan fused, torch.compile"] = CompiledStep
+    if COMPILE_FOREACH:
+        table["adan foreach, torch.compile"] = lambda ps: CompiledStep(ps, foreach=True)
     return table
 
 
@@ -98,7 +107,7 @@ def bench_case(case: str, threads: int, reps: int, warmup: int = 2) -> dict[str,
     values = make_case(case)
     grads = [torch.randn_like(v) * 1e-2 for v in values]
     runs = {}
-    for name, factory in contenders().items():
+    for name, factory in contenders(case).items():
         params = [torch.nn.Parameter(v.clone()) for v in values]
         for p, g in zip(params, grads):
             p.grad = g
@@ -120,12 +129,15 @@ def main() -> None:
     parser.add_argument("--threads", nargs="+", type=int, default=[1, 2])
     parser.add_argument("--reps", type=int, default=11)
     parser.add_argument("--only", nargs="*", help="names of the implementations to run (besides the two baselines)")
+    parser.add_argument("--compile-foreach", action="store_true", help="add a compiled foreach step (slow to compile)")
     args = parser.parse_args()
+    global COMPILE_FOREACH
+    COMPILE_FOREACH = args.compile_foreach
     if args.only:
         keep = lambda name: name.startswith("torch AdamW fused") or name.startswith("floor") or any(o == name for o in args.only)
         global contenders
         full = contenders
-        contenders = lambda: {k: v for k, v in full().items() if keep(k)}
+        contenders = lambda case: {k: v for k, v in full(case).items() if keep(k)}
 
     print(f"torch {torch.__version__}, adan {adan.__version__}, reps {args.reps} (medians)\n")
     print("| case | threads | implementation | median ms | x fused AdamW | x floor |")

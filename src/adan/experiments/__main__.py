@@ -1,0 +1,5 @@
+import sys
+
+from adan.experiments.cli import main
+
+sys.exit(main())

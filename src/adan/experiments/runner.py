@@ -1,0 +1,125 @@
+"""Run specs to results on disk: resumable, optionally in parallel, with progress bars.
+
+Layout of ``--out``::
+
+    <out>/<task>/runs/<run_id>.json     one finished run (schema adan-experiments/1)
+    <out>/<task>/selection.json         the learning-rate multiplier chosen per optimizer
+    <out>/report.md, <out>/*.png        written by ``adan-experiments report``
+
+A run's file is written atomically when it finishes, so an interrupted command loses
+only the runs in flight; re-running it with the same ``--out`` skips finished runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import tempfile
+import traceback
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+
+import adan
+
+SCHEMA = "adan-experiments/1"
+_ID_KEYS = ("task", "model", "optimizer", "lr_mult", "lr_scale", "batch_size", "epochs", "steps", "timesteps",
+            "size", "max_train", "seed")  # fmt: skip
+
+
+def run_id(spec: dict[str, Any]) -> str:
+    parts = []
+    for key in _ID_KEYS:
+        if spec.get(key) is not None:
+            value = spec[key]
+            value = f"{value:g}" if isinstance(value, float) else str(value)
+            parts.append(f"{key}={value}")
+    return ",".join(parts).replace("/", "_")
+
+
+def run_path(out: Path, spec: dict[str, Any]) -> Path:
+    return Path(out) / spec["task"] / "runs" / f"{run_id(spec)}.json"
+
+
+def versions() -> dict[str, str]:
+    found = {"python": sys.version.split()[0], "torch": torch.__version__, "numpy": np.__version__, "adan": adan.__version__}
+    for module in ("pytorch_optimizer", "stable_baselines3", "gymnasium", "mujoco"):
+        mod = sys.modules.get(module)
+        if mod is not None:
+            found[module] = getattr(mod, "__version__", "?")
+    found["machine"] = f"{platform.machine()} {platform.system()}, {os.cpu_count()} CPUs"
+    return found
+
+
+def write_json(path: Path, obj: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(obj, f, indent=1, default=float)
+    os.replace(tmp, path)
+
+
+def load_runs(out: Path, task: str | None = None) -> list[dict[str, Any]]:
+    runs = []
+    for path in sorted(Path(out).glob(f"{task or '*'}/runs/*.json")):
+        with open(path) as f:
+            record = json.load(f)
+        if record.get("schema") == SCHEMA and record.get("status") == "done":
+            runs.append(record)
+    return runs
+
+
+def _worker(spec: dict[str, Any], config: dict[str, Any], out: str) -> tuple[str, str | None]:
+    """Train and store one run (in a worker process or inline); returns (run_id, error)."""
+    from adan.experiments.train import run_spec
+
+    try:
+        result = run_spec(spec, config)
+    except Exception:  # keep the other runs going; the error is reported at the end
+        return run_id(spec), traceback.format_exc()
+    record = {"schema": SCHEMA, "status": "done", "run_id": run_id(spec), "spec": spec, "config": config,
+              "versions": versions(), **result}  # fmt: skip
+    write_json(run_path(Path(out), spec), record)
+    return run_id(spec), None
+
+
+def execute(specs: Iterable[dict[str, Any]], config: dict[str, Any], out: Path, jobs: int = 1, desc: str = "runs") -> None:
+    """Run every spec whose result is not on disk yet; raise if any failed."""
+    from tqdm.auto import tqdm
+
+    todo, seen = [], set()
+    for spec in specs:
+        rid = run_id(spec)
+        if rid in seen or run_path(out, spec).exists():
+            continue
+        seen.add(rid)
+        todo.append(spec)
+    if not todo:
+        return
+    errors = []
+    with tqdm(total=len(todo), desc=desc, unit="run", dynamic_ncols=True) as bar:
+        if jobs <= 1:
+            for spec in todo:
+                bar.set_postfix_str(f"{spec.get('model')}/{spec['optimizer']}/seed {spec['seed']}")
+                rid, err = _worker(spec, config, str(out))
+                if err:
+                    errors.append((rid, err))
+                bar.update()
+        else:
+            import multiprocessing as mp
+
+            with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
+                futures = [pool.submit(_worker, spec, config, str(out)) for spec in todo]
+                for fut in as_completed(futures):
+                    rid, err = fut.result()
+                    if err:
+                        errors.append((rid, err))
+                    bar.update()
+    if errors:
+        detail = "\n".join(f"--- {rid}\n{err}" for rid, err in errors)
+        raise RuntimeError(f"{len(errors)} of {len(todo)} runs failed:\n{detail}")
