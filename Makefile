@@ -1,5 +1,5 @@
 # Two commands set everything up on a fresh machine:
-#   make quick   installs, then runs the main job (Adan against AdamW, a few minutes)
+#   make quick   installs, then runs the main job: adan-experiments vision --quick (under 5 minutes)
 #   make test    installs, then runs the whole test suite (what CI runs)
 PYTHON ?= python3
 # torch is installed first and pinned only when absent: an open range would let pip pick a CUDA build.
@@ -12,7 +12,7 @@ install:
 	$(PYTHON) -m pip install -q -e ".[$(EXTRAS)]"
 
 quick: install
-	$(PYTHON) examples/quickstart.py
+	adan-experiments vision --quick --out results/quick
 
 test: install
 	$(PYTHON) -m pytest

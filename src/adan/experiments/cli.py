@@ -50,9 +50,14 @@ def _base(args, task: str, sizes_key: str | None = None) -> dict[str, Any]:
         value = getattr(args, key, None)
         if value is not None and key in sizes:
             sizes[key] = value
+    if getattr(args, "max_eval", None) and task == "vision":
+        sizes["max_eval"] = sizes["max_test"] = args.max_eval
     base = {"task": task, "device": args.device, "threads": args.threads, **sizes}
     if args.data_dir and task != "rl":
+        from adan.experiments import data
+
         base["data_dir"] = str(Path(args.data_dir).resolve())
+        (data.load_images if task == "vision" else data.load_text)(base["data_dir"])  # bad input fails here, clearly
     return base
 
 
@@ -196,6 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--timesteps", type=int, help="override the environment steps (rl)")
         p.add_argument("--max-train", type=int, help="use at most this many training images (vision)")
         p.add_argument("--batch-size", type=int, help="override the batch size")
+        p.add_argument("--max-eval", type=int, help="evaluate on at most this many validation and test images (vision)")
         if name == "batch-sweep":
             p.add_argument("--batch-sizes", type=lambda s: [int(x) for x in s.split(",")], help="comma-separated batch sizes")
     return parser

@@ -52,7 +52,8 @@ def train_vision(spec: dict[str, Any], config: dict[str, Any], progress: Progres
     n_eval = spec.get("max_eval") or len(d.x["val"])  # validation subset, evaluated every epoch
     x, y = d.x["train"][:n_train].to(device), d.y["train"][:n_train].to(device)
     xv, yv = d.x["val"][:n_eval].to(device), d.y["val"][:n_eval].to(device)
-    xt, yt = d.x["test"].to(device), d.y["test"].to(device)
+    n_test = spec.get("max_test") or len(d.x["test"])
+    xt, yt = d.x["test"][:n_test].to(device), d.y["test"][:n_test].to(device)
 
     model = vision_model(spec["model"], d.shape, d.classes, spec.get("size", "full")).to(device)
     hp = _hparams(spec, config, "vision")

@@ -1,0 +1,171 @@
+"""The experiments harness end to end on tiny budgets, its data loaders and its results."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import pickle
+import struct
+
+import numpy as np
+import pytest
+
+pytest.importorskip("matplotlib")
+pytest.importorskip("tqdm")
+
+from adan.experiments import data as datasets  # noqa: E402
+from adan.experiments.cli import main  # noqa: E402
+from adan.experiments.optim import ExperimentError, load_config, parse_optimizers  # noqa: E402
+from adan.experiments.runner import SCHEMA, load_runs  # noqa: E402
+
+TINY = ["--epochs", "1", "--max-train", "256", "--max-eval", "256", "--seeds", "2", "--threads", "1"]
+
+
+def _runs(out, task):
+    return load_runs(out, task)
+
+
+def test_vision_quick_end_to_end_writes_schema_report_and_plots(tmp_path, capsys):
+    out = tmp_path / "res"
+    assert main(["vision", "--quick", "--out", str(out), *TINY]) == 0
+    runs = _runs(out, "vision")
+    assert len(runs) == 2 * 2 * 2  # models x optimizers (adan, adamw) x seeds
+    record = runs[0]
+    assert record["schema"] == SCHEMA and record["status"] == "done"
+    for key in ("spec", "config", "curves", "final", "hparams", "wall_time_s", "versions"):
+        assert key in record
+    assert set(record["final"]) >= {"val_acc", "test_acc", "val_loss", "test_loss"}
+    assert len(record["curves"]["val_acc"]) == 1 and record["versions"]["torch"]
+    selection = json.loads((out / "vision" / "selection.json").read_text())
+    assert selection["resnet-small"]["adan"]["lr_mult"] == 1.0  # --quick: small models, no grid
+    report = (out / "report.md").read_text()
+    assert "### resnet" in report and "| adan |" in report and "| adamw |" in report
+    assert (out / "vision-resnet.png").stat().st_size > 1000 and (out / "vision-vit.png").exists()
+    printed = capsys.readouterr().out
+    assert "| optimizer | lr |" in printed  # the summary table
+
+
+def test_lr_grid_is_chosen_on_validation_and_recorded(tmp_path):
+    out = tmp_path / "res"
+    config = load_config()
+    config["lr_grid"] = [0.1, 1.0]
+    cfg = tmp_path / "opt.json"
+    cfg.write_text(json.dumps(config))
+    assert main(["lm", "--out", str(out), "--config", str(cfg), "--optimizers", "adan", "--steps", "4", "--seeds", "1",
+                 "--threads", "1", "--quick"]) == 0  # fmt: skip
+    # --quick skips the grid; without it the grid runs on seed 0 and the best validation loss wins.
+    assert main(["lm", "--out", str(out / "full"), "--config", str(cfg), "--optimizers", "adan", "--steps", "4", "--seeds", "1",
+                 "--threads", "1"]) == 0  # fmt: skip
+    sel = json.loads((out / "full" / "lm" / "selection.json").read_text())["chargpt"]["adan"]
+    grid = {float(k): v for k, v in sel["grid"].items()}
+    assert set(grid) == {0.1, 1.0} and sel["lr_mult"] == min(grid, key=grid.get) and sel["metric"] == "val_loss"
+
+
+def test_resume_skips_finished_runs_and_reruns_missing_ones(tmp_path):
+    out = tmp_path / "res"
+    args = ["vision", "--quick", "--out", str(out), "--optimizers", "adan", *TINY]
+    assert main(args) == 0
+    files = sorted((out / "vision" / "runs").glob("*.json"))
+    assert len(files) == 4
+    stamps = {f.name: f.stat().st_mtime_ns for f in files}
+    files[0].unlink()  # as if the command had been interrupted before this run finished
+    (out / "vision" / "runs" / "partial.json.tmp").write_text("{")  # a write cut short
+    assert main(args) == 0
+    after = {f.name: f.stat().st_mtime_ns for f in (out / "vision" / "runs").glob("*.json")}
+    assert set(after) == set(stamps)
+    assert [n for n in after if after[n] != stamps[n]] == [files[0].name]
+
+
+def test_lm_budget_and_batch_sweep_quick(tmp_path):
+    out = tmp_path / "res"
+    assert main(["lm", "--quick", "--out", str(out), "--steps", "6", "--seeds", "2", "--threads", "1"]) == 0
+    lm = _runs(out, "lm")
+    assert {r["spec"]["optimizer"] for r in lm} == {"adan", "adamw"}
+    assert all(r["final"]["test_ppl"] > 1 and len(r["curves"]["val_loss"]) >= 1 for r in lm)
+    assert main(["budget", "--quick", "--out", str(out), *TINY, "--steps", "6"]) == 0
+    report = (out / "report.md").read_text()
+    assert "## budget" in report and "AdamW 100%" in report
+    half = [r for r in _runs(out, "lm") if r["spec"]["optimizer"] == "adan" and r["spec"]["steps"] == 3]
+    assert len(half) == 2
+    assert main(["batch-sweep", "--quick", "--out", str(out), *TINY, "--batch-sizes", "32,128"]) == 0
+    assert "## batch-sweep" in (out / "report.md").read_text() and (out / "batch-sweep.png").exists()
+
+
+def test_rl_quick_end_to_end(tmp_path):
+    pytest.importorskip("stable_baselines3")
+    pytest.importorskip("mujoco")
+    out = tmp_path / "res"
+    assert main(["rl", "--quick", "--out", str(out), "--timesteps", "256", "--seeds", "1", "--threads", "1"]) == 0
+    runs = _runs(out, "rl")
+    assert {(r["spec"]["model"], r["spec"]["optimizer"]) for r in runs} == {
+        (env, o) for env in ("HalfCheetah-v5", "Hopper-v5") for o in ("adam", "adan")
+    }
+    assert "## rl" in (out / "report.md").read_text()
+
+
+def test_clear_errors(tmp_path, capsys):
+    assert main(["vision", "--quick", "--out", str(tmp_path), "--optimizers", "adan,rmsprop"]) == 2
+    assert "unknown optimizer(s) rmsprop" in capsys.readouterr().err
+    assert main(["vision", "--quick", "--out", str(tmp_path), "--data-dir", str(tmp_path / "nope")]) == 2
+    assert "not a directory" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(["vision", "--quick", "--out", str(tmp_path), "--data-dir", str(tmp_path / "empty")]) == 2
+    assert "found neither IDX files" in capsys.readouterr().err
+    assert main(["rl", "--quick", "--out", str(tmp_path), "--optimizers", "sgd"]) == 2
+    assert "rl compares adam, adan" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["imagenet"])
+    with pytest.raises(ExperimentError):
+        parse_optimizers("")
+
+
+def _write_idx(path, array: np.ndarray, gz: bool) -> None:
+    header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    data = header + array.astype(np.uint8).tobytes()
+    if gz:
+        with gzip.open(str(path) + ".gz", "wb") as f:
+            f.write(data)
+    else:
+        path.write_bytes(data)
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_idx_loader(tmp_path, gz):
+    rng = np.random.default_rng(0)
+    _write_idx(tmp_path / "train-images-idx3-ubyte", rng.integers(0, 256, (5100, 28, 28)), gz)
+    _write_idx(tmp_path / "train-labels-idx1-ubyte", rng.integers(0, 10, 5100), gz)
+    _write_idx(tmp_path / "t10k-images-idx3-ubyte", rng.integers(0, 256, (50, 28, 28)), gz)
+    _write_idx(tmp_path / "t10k-labels-idx1-ubyte", rng.integers(0, 10, 50), gz)
+    d = datasets.load_images(tmp_path)
+    assert d.x["train"].shape == (100, 1, 28, 28) and d.x["val"].shape == (5000, 1, 28, 28) and d.x["test"].shape == (50, 1, 28, 28)
+    assert d.classes == 10 and abs(float(d.x["train"].mean())) < 1e-4
+
+
+def test_idx_loader_rejects_a_corrupt_file(tmp_path):
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        (tmp_path / name).write_bytes(b"\x00\x00\x08\x03" + struct.pack(">3I", 10, 28, 28) + b"\x00" * 7)
+    with pytest.raises(ExperimentError, match="header says"):
+        datasets.load_images(tmp_path)
+
+
+def test_cifar10_loader(tmp_path):
+    rng = np.random.default_rng(0)
+    root = tmp_path / "cifar-10-batches-py"
+    root.mkdir()
+    for name, n in [*((f"data_batch_{i}", 1100) for i in range(1, 6)), ("test_batch", 40)]:
+        batch = {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), b"labels": list(rng.integers(0, 10, n))}
+        with open(root / name, "wb") as f:
+            pickle.dump(batch, f)
+    d = datasets.load_images(tmp_path)
+    assert d.x["train"].shape == (500, 3, 32, 32) and d.x["val"].shape[0] == 5000 and d.x["test"].shape[0] == 40
+    (root / "data_batch_3").unlink()
+    with pytest.raises(ExperimentError, match="missing CIFAR-10 batch data_batch_3"):
+        datasets.load_images(tmp_path)
+
+
+def test_shipped_data():
+    d = datasets.load_images()
+    assert {k: len(v) for k, v in d.y.items()} == {"train": 20000, "val": 5000, "test": 5000}
+    assert d.shape == (1, 28, 28) and d.classes == 10
+    text = datasets.load_text()
+    assert len(text.vocab) < 100 and sum(len(v) for v in text.splits.values()) > 4_000_000
