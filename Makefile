@@ -4,7 +4,7 @@
 PYTHON ?= python3
 # torch is installed first and pinned only when absent: an open range would let pip pick a CUDA build.
 TORCH_VERSION ?= 2.13.0
-EXTRAS ?= test,triton,experiments
+EXTRAS ?= test,triton,experiments,jax
 
 .PHONY: install quick test bench
 install:
