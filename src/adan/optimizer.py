@@ -92,6 +92,12 @@ class Adan(Optimizer):
             its scale and inf flag to the kernel (the step is skipped on inf).
         maximize: maximise the objective instead of minimising it.
         capturable: keep the step count on the parameters' device (for CUDA graphs).
+        grad_norm_group: a process group over which the gradients this optimizer sees
+            are *partitions* of the model's, as under
+            ``torch.distributed.optim.ZeroRedundancyOptimizer``: the partial squared norms
+            are all-reduced over it before clipping. Not needed under DDP (every rank
+            sees the full, averaged gradient) nor for DTensor parameters (FSDP2), whose
+            shards are reduced over their device mesh automatically.
 
     State per parameter (the reference implementation's names): ``exp_avg`` (m),
     ``exp_avg_diff`` (v), ``exp_avg_sq`` (n), ``neg_pre_grad`` (minus the previous,
@@ -118,8 +124,11 @@ class Adan(Optimizer):
         fused: Optional[bool] = None,
         maximize: bool = False,
         capturable: bool = False,
+        grad_norm_group: Optional[Any] = None,
     ):
         _check_hparams(lr, betas, eps, weight_decay, max_grad_norm)
+        # Not a hyper-parameter: a process group is neither saved nor compared.
+        self.grad_norm_group = grad_norm_group
         if fused and foreach:
             raise ValueError("Invalid options: foreach=True and fused=True cannot both be set")
         defaults = dict(
@@ -156,6 +165,7 @@ class Adan(Optimizer):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
+        self.__dict__.setdefault("grad_norm_group", None)  # a process group is not pickled
         for group in self.param_groups:
             for key in ("foreach", "fused"):
                 group.setdefault(key, None)
@@ -207,11 +217,20 @@ class Adan(Optimizer):
             "neg_pre_grads": negs,
             "state_steps": [s["step"] for s in states],
         }
-        if any(p.is_complex() for p in params):
+        # DTensor parameters (FSDP2): the update is elementwise, so it runs on the local
+        # shards; only the clipping norm needs the other ranks (see _norm_groups).
+        norm_groups = [None] * len(params)
+        if _DTensor is not None and any(isinstance(p, _DTensor) for p in params):
+            norm_groups = [_shard_group(g) for g in grads]
+            for key, values in lists.items():
+                if key != "state_steps":
+                    lists[key] = [t.to_local() if isinstance(t, _DTensor) else t for t in values]
+        if any(p.is_complex() for p in lists["params"]):
             for key, values in lists.items():
                 if key != "state_steps":
                     lists[key] = [torch.view_as_real(t) if t.is_complex() else t for t in values]
         lists["fresh"] = fresh
+        lists["norm_groups"] = norm_groups
         return lists
 
     @torch.no_grad()
@@ -252,12 +271,14 @@ class Adan(Optimizer):
 
         clip_coef = None
         max_grad_norm = self.param_groups[0]["max_grad_norm"]  # one value for all groups
+        norm_groups = [ng for lists in gathered for ng in lists.pop("norm_groups")]
         if max_grad_norm > 0:
             grads = [g for lists in gathered for g in lists["grads"]]
             if grads:
                 clip_coef = global_clip_coefficient(
-                    grads, max_grad_norm, self.param_groups[-1]["eps"], grad_scale=grad_scale
-                )
+                    grads, max_grad_norm, self.param_groups[-1]["eps"], grad_scale=grad_scale,
+                    shard_groups=norm_groups, partition_group=self.grad_norm_group,
+                )  # fmt: skip
 
         for group, lists in zip(self.param_groups, gathered):
             fresh = lists.pop("fresh")
@@ -290,6 +311,13 @@ class Adan(Optimizer):
         return loss
 
     # ------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        sd = super().state_dict()
+        # ZeroRedundancyOptimizer copies its constructor's keywords, grad_norm_group among
+        # them, into every group; a process group cannot be saved, and is not state.
+        sd["param_groups"] = [{k: v for k, v in g.items() if k != "grad_norm_group"} for g in sd["param_groups"]]
+        return sd
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load a state dict saved by this class, by the reference implementation or by timm.
 
@@ -374,16 +402,7 @@ def _from_reference_format(state_dict: dict[str, Any], current_groups: list[dict
 
 
 # --------------------------------------------------------------------- maths
-def global_clip_coefficient(
-    grads: list[Tensor], max_norm: float, eps: float, *, grad_scale: Optional[Tensor] = None
-) -> Tensor:
-    """``min(1, max_norm / (||grads||_2 + eps))`` as a 0-d tensor, without a host sync.
-
-    The norm is accumulated in float32, or float64 when any gradient is float64. With
-    ``grad_scale`` (gradients still multiplied by a loss scale) the norm is divided by it.
-    """
-    acc_dtype = torch.float64 if any(g.dtype == torch.float64 for g in grads) else torch.float32
-    device = grads[0].device
+def _squared_norm(grads: list[Tensor], acc_dtype: torch.dtype, device: torch.device) -> Tensor:
     buckets = Optimizer._group_tensors_by_device_and_dtype([grads])
     norms = []
     for (bucket,), _ in buckets.values():  # keys are (None, None) under torch.compile
@@ -392,7 +411,44 @@ def global_clip_coefficient(
         else:
             bucket_norms = [torch.linalg.vector_norm(g, dtype=acc_dtype) for g in bucket]
         norms.extend(n.to(device) for n in bucket_norms)
-    total = torch.linalg.vector_norm(torch.stack(norms))
+    return torch.linalg.vector_norm(torch.stack(norms)).square()
+
+
+def global_clip_coefficient(
+    grads: list[Tensor],
+    max_norm: float,
+    eps: float,
+    *,
+    grad_scale: Optional[Tensor] = None,
+    shard_groups: Optional[list[Any]] = None,
+    partition_group: Optional[Any] = None,
+) -> Tensor:
+    """``min(1, max_norm / (||grads||_2 + eps))`` as a 0-d tensor, without a host sync.
+
+    The norm is accumulated in float32, or float64 when any gradient is float64. With
+    ``grad_scale`` (gradients still multiplied by a loss scale) the norm is divided by it.
+
+    Distributed: ``shard_groups[i]`` is the process group over which ``grads[i]`` is one
+    shard of a DTensor gradient (``None`` for a whole tensor); ``partition_group`` is a
+    group over which every rank holds a different partition of the gradients (ZeRO).
+    Squared norms of shards are summed with one ``all_reduce`` per group; whole tensors
+    are counted once, except under ``partition_group``, which reduces everything.
+    """
+    acc_dtype = torch.float64 if any(g.dtype == torch.float64 for g in grads) else torch.float32
+    device = grads[0].device
+    shard_groups = shard_groups or [None] * len(grads)
+    by_group: dict[Any, list[Tensor]] = {}
+    for g, group in zip(grads, shard_groups):
+        by_group.setdefault(group, []).append(g)
+    total_sq = torch.zeros((), dtype=acc_dtype, device=device)
+    for group, members in by_group.items():
+        sq = _squared_norm(members, acc_dtype, device)
+        if group is not None and partition_group is None:
+            torch.distributed.all_reduce(sq, group=group)
+        total_sq = total_sq + sq
+    if partition_group is not None:
+        torch.distributed.all_reduce(total_sq, group=partition_group)
+    total = total_sq.sqrt()
     if grad_scale is not None:
         total = total / grad_scale.to(device=device, dtype=total.dtype)
     return (max_norm / (total + eps)).clamp(max=1.0)
@@ -403,6 +459,25 @@ def _grad_scale(clip_coef: Optional[Tensor], maximize: bool) -> Union[Tensor, fl
     if clip_coef is None:
         return -1.0 if maximize else None
     return -clip_coef if maximize else clip_coef
+
+
+try:
+    from torch.distributed.tensor import DTensor as _DTensor
+    from torch.distributed.tensor.placement_types import Shard as _Shard
+except ImportError:  # a torch built without distributed support
+    _DTensor = _Shard = None
+
+
+def _shard_group(grad: Tensor) -> Any:
+    """The process group over which a DTensor gradient is sharded (1-D mesh, Shard placement)."""
+    if not isinstance(grad, _DTensor):
+        return None
+    mesh, placements = grad.device_mesh, grad.placements
+    if mesh.ndim != 1 or not all(isinstance(pl, _Shard) for pl in placements):
+        raise NotImplementedError(
+            f"Adan's clipping handles DTensor gradients sharded on a 1-D mesh (FSDP2); got {placements} on a {mesh.ndim}-D mesh"
+        )
+    return mesh.get_group()
 
 
 def _step_device(p: Tensor, group: dict[str, Any]) -> torch.device:
