@@ -411,3 +411,19 @@ def test_torch_compile_matches_eager_without_recompiling(path):
         torch.testing.assert_close(loss_c, loss_e, rtol=1e-5, atol=1e-6)
     for a, b in zip(model_e.parameters(), model_c.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_step_has_no_host_sync_so_it_compiles_as_one_graph(path):
+    """A .item(), .tolist() or data-dependent branch inside step() would break fullgraph=True."""
+    torch._dynamo.reset()
+    model = _mlp()
+    opt = Adan(model.parameters(), lr=1e-2, weight_decay=0.02, max_grad_norm=0.1, maximize=True, **PATHS[path])
+    _train(opt, model, 1)  # state creation, eagerly
+    step = torch.compile(opt.step, fullgraph=True)
+    for s in range(3):
+        x, y = _batch(s)
+        opt.zero_grad()
+        torch.nn.functional.mse_loss(model(x), y).backward()
+        step()
+    assert all(s["step"].item() == 4 for s in opt.state.values())
