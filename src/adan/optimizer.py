@@ -166,6 +166,8 @@ class Adan(Optimizer):
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         self.__dict__.setdefault("grad_norm_group", None)  # a process group is not pickled
+        if any(g.get("fused") for g in self.param_groups):
+            self._step_supports_amp_scaling = True
         for group in self.param_groups:
             for key in ("foreach", "fused"):
                 group.setdefault(key, None)
