@@ -87,7 +87,7 @@ def test_lm_budget_and_batch_sweep_quick(tmp_path):
     assert "## budget" in report and "AdamW 100%" in report
     half = [r for r in _runs(out, "lm") if r["spec"]["optimizer"] == "adan" and r["spec"]["steps"] == 3]
     assert len(half) == 2
-    assert main(["batch-sweep", "--quick", "--out", str(out), *TINY, "--batch-sizes", "32,128"]) == 0
+    assert main(["batch-sweep", "--quick", "--out", str(out), *TINY, "--batch-sizes", "64,128"]) == 0  # 64: the base size
     assert "## batch-sweep" in (out / "report.md").read_text() and (out / "batch-sweep.png").exists()
 
 

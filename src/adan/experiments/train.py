@@ -28,7 +28,7 @@ def _no_progress(done: int, total: int, text: str) -> None:
 
 def _hparams(spec: dict[str, Any], config: dict[str, Any], family: str) -> dict[str, Any]:
     hp = settings(config, spec["optimizer"], family)
-    hp["lr"] = hp["lr"] * spec.get("lr_mult", 1.0) * spec.get("lr_scale", 1.0)
+    hp["lr"] = hp["lr"] * (spec.get("lr_mult") or 1.0) * (spec.get("lr_scale") or 1.0)
     return hp
 
 
