@@ -27,7 +27,7 @@ from adan.experiments.optim import ExperimentError, load_config, parse_optimizer
 # Sized for a 2-core laptop: the full run of every command takes about an hour with --jobs 2.
 SIZES = {  # full run / --quick
     "vision": {"full": dict(epochs=4, max_train=8000, batch_size=128, size="full", max_eval=2000),
-               "quick": dict(epochs=3, max_train=4000, batch_size=128, size="small", max_eval=2000)},
+               "quick": dict(epochs=3, max_train=3000, batch_size=128, size="small", max_eval=1000, max_test=2000)},
     "lm": {"full": dict(steps=600, batch_size=32, size="full", eval_tokens=32768),
            "quick": dict(steps=200, batch_size=16, size="small", eval_tokens=16384)},
     "rl": {"full": dict(timesteps=50_000, n_steps=2048), "quick": dict(timesteps=4096, n_steps=1024)},

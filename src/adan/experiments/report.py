@@ -207,6 +207,6 @@ def print_summary(out: Path, command: str) -> None:
     if start < 0:
         return
     end = text.find("\n## ", start + 3)
-    body = text[start : end if end > 0 else None]
-    print("\n".join(line for line in body.splitlines() if not line.startswith("![")))
+    body = text[start : end if end > 0 else None].split("Learning-rate multipliers tried")[0]
+    print("\n".join(line for line in body.splitlines() if not line.startswith("![")).rstrip())
     print(f"\nFull report: {Path(out) / 'report.md'}")
