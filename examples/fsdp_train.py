@@ -84,6 +84,7 @@ def main() -> None:
     same = all(torch.equal(a, b.full_tensor()) for a, b in zip(final, model2.parameters()))
     if rank == 0:
         print(f"step {args.steps}: loss {loss:.5f}; resumed from the checkpoint: loss {loss2:.5f}, identical parameters: {same}")
+    dist.barrier()
     dist.destroy_process_group()
     if not same:
         raise SystemExit("the resumed run diverged from the original")

@@ -8,12 +8,13 @@ per shard or per partition instead of over the whole model changes the trajector
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import tempfile
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import nn
 
 from adan import Adan
@@ -104,14 +105,28 @@ def _worker(rank: int, mode: str, store: str, out: str, kw: dict) -> None:
             results["params"] = [_full(p).detach().clone() for p in model.parameters()]
         if rank == 0:
             torch.save(results, out)
+        dist.barrier()  # no rank tears gloo down while the other still talks to it
     finally:
         dist.destroy_process_group()
 
 
 def _spawn(mode: str, **kw) -> dict:
+    """Run ``_worker`` on WORLD gloo processes, launched from a fresh interpreter.
+
+    The launcher is a new process so that nothing the test session has loaded before
+    (JAX's runtime, for one, made the spawned ranks abort at start-up) leaks into the ranks.
+    """
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "out.pt")
-        mp.spawn(_worker, args=(mode, os.path.join(tmp, "store"), out, kw), nprocs=WORLD, join=True)
+        code = (
+            "import sys, torch.multiprocessing as mp\n"
+            f"sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r})\n"
+            "import test_distributed as td\n"
+            "if __name__ == '__main__':\n"
+            f"    mp.spawn(td._worker, args=({mode!r}, {os.path.join(tmp, 'store')!r}, {out!r}, {kw!r}), nprocs=td.WORLD, join=True)\n"
+        )
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-4000:]
         results = torch.load(out, weights_only=False)
         if mode == "fsdp":
             results["ckpt"] = _reload_single_process(out + ".ckpt", kw)
