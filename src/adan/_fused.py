@@ -206,7 +206,7 @@ def _fused_impl(
 ) -> None:
     lists = [params, grads, exp_avgs, exp_avg_diffs, exp_avg_sqs, neg_pre_grads, state_steps]
     if len({p.dtype for p in params}) == 1 and params[0].device.type == "cpu":
-        buckets = [([list(x) for x in lists], params[0].device)]  # the common case, without grouping costs
+        buckets = [(lists, params[0].device)]  # the common case, without grouping costs (grads is already a copy)
     else:
         grouped = torch._C._group_tensors_by_device_and_dtype(lists, False)
         buckets = [(bucket, device) for (device, _), (bucket, _) in grouped.items()]
