@@ -9,4 +9,5 @@ $RUN lm          --out "$OUT" --seeds 3 --jobs 2 --threads 1
 $RUN rl          --out "$OUT" --seeds 3 --jobs 2 --threads 1
 $RUN batch-sweep --out "$OUT" --seeds 3 --jobs 2 --threads 1
 $RUN budget      --out "$OUT" --seeds 3 --jobs 2 --threads 1
+$RUN compact     --out "$OUT" --seeds 3 --jobs 2 --threads 1
 $RUN report      --out "$OUT"

@@ -91,6 +91,21 @@ def test_lm_budget_and_batch_sweep_quick(tmp_path):
     assert "## batch-sweep" in (out / "report.md").read_text() and (out / "batch-sweep.png").exists()
 
 
+def test_compact_quick_compares_formats_at_float32_adans_lr(tmp_path):
+    out = tmp_path / "res"
+    assert main(["compact", "--quick", "--out", str(out), *TINY, "--steps", "4", "--seeds", "1"]) == 0
+    runs = _runs(out, "vision") + _runs(out, "lm")
+    assert {r["spec"]["optimizer"] for r in runs} == {"adan", "adan-bf16", "adan-int8"}
+    for task in ("vision", "lm"):
+        lrs = {r["spec"]["optimizer"]: r["hparams"]["lr"] for r in _runs(out, task) if r["spec"]["model"] in ("resnet", "chargpt")}
+        assert len(set(lrs.values())) == 1  # every format at float32 Adan's learning rate
+    by_opt = {r["spec"]["optimizer"]: r for r in _runs(out, "lm")}
+    assert by_opt["adan"]["hparams"].get("state_dtype") is None and by_opt["adan-int8"]["hparams"]["state_dtype"] == "int8"
+    assert by_opt["adan"]["final"]["state_bytes_per_param"] > by_opt["adan-bf16"]["final"]["state_bytes_per_param"]
+    report = (out / "report.md").read_text()
+    assert "## compact" in report and "| int8 |" in report and "| bf16 |" in report
+
+
 def test_rl_quick_end_to_end(tmp_path):
     pytest.importorskip("stable_baselines3")
     pytest.importorskip("mujoco")

@@ -23,11 +23,15 @@ from typing import Optional, Union
 import torch
 from torch import Tensor
 
+from adan._compact import block_layout
 from adan._native import BuildError, load_library
 
 __all__ = ["fused_available", "state_dtype_for"]
 
 _KERNEL_SOURCE = Path(__file__).parent / "kernels" / "adan_cpu.c"
+_COMPACT_SOURCE = Path(__file__).parent / "kernels" / "adan_cpu_compact.c"
+_FORMAT_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.int8: 2}  # by exp_avg's dtype
+_PARAM_UPDATE_CODES = {"nearest": 0, "stochastic": 1, "kahan": 2}
 _DTYPE_CODES = {torch.float32: 0, torch.float64: 1, torch.bfloat16: 2, torch.float16: 3}
 _LOW_PRECISION = (torch.bfloat16, torch.float16)
 _cpu_lib: Optional[ctypes.CDLL] = None
@@ -57,6 +61,15 @@ def _load_cpu() -> Optional[ctypes.CDLL]:
             ctypes.c_double, ctypes.c_double, ctypes.c_double, ctypes.c_double, ctypes.c_double,
             ctypes.c_int32, ctypes.c_int32,
         ]
+        compact = load_library(_COMPACT_SOURCE).adan_fused_step_compact
+        compact.restype = ctypes.c_int
+        compact.argtypes = [
+            ctypes.c_int64, ctypes.c_int32, ctypes.c_int32, ctypes.c_int32,  # n, dtype, format, param_update
+            *[ctypes.c_void_p] * 15,  # rows, cols, p, g, m, v, n, neg, 3 scales, comps, steps, scalars, seed
+            ctypes.c_double, ctypes.c_double, ctypes.c_double, ctypes.c_double, ctypes.c_double,
+            ctypes.c_int32, ctypes.c_int32,
+        ]
+        lib.compact = compact
         _cpu_lib = lib
     return _cpu_lib
 
@@ -188,6 +201,73 @@ def _launch_cpu(
         raise RuntimeError(f"fused Adan CPU kernel failed with code {rc}")
 
 
+def _launch_cpu_compact(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_diffs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    neg_pre_grads: list[Tensor],
+    state_steps: list[Tensor],
+    state_scales: Optional[list],
+    param_comps: Optional[list],
+    param_update: str,
+    scalars: Tensor,
+    beta1: float,
+    beta2: float,
+    beta3: float,
+    eps: float,
+    weight_decay: float,
+    no_prox: bool,
+) -> None:
+    """One compact-kernel call for CPU tensors of one parameter dtype and one state format."""
+    lib = _load_cpu()
+    if lib is None:
+        raise RuntimeError(f"fused=True: {unavailable_reason(torch.device('cpu'))}")
+    dtype = params[0].dtype
+    if dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        raise TypeError(f"fused Adan's compact formats support float32, bfloat16 and float16 parameters, not {dtype}")
+    fmt = _FORMAT_CODES[exp_avgs[0].dtype]
+    for k, (p, g) in enumerate(zip(params, grads)):
+        if not p.is_contiguous():
+            raise ValueError(f"fused Adan needs contiguous parameters; parameter {k} of shape {tuple(p.shape)} is not")
+        if not (g.is_contiguous() and g.dtype == dtype):
+            grads[k] = g.to(dtype=dtype, memory_format=torch.contiguous_format)
+    n = len(params)
+    layouts = [block_layout(p.shape) for p in params]
+    rows = array("q", [r for r, _ in layouts])
+    cols = array("q", [c for _, c in layouts])
+    slots = [params, grads, exp_avgs, exp_avg_diffs, exp_avg_sqs, neg_pre_grads]
+    if fmt == 2:
+        slots += [[s[j] for s in state_scales] for j in range(3)]
+    comps = param_comps if param_update == "kahan" and dtype != torch.float32 else None
+    if comps is not None:
+        slots.append(comps)
+    slots.append(state_steps)
+    ptrs = array("q", [t.data_ptr() for lst in slots for t in lst])
+    base, _ = ptrs.buffer_info()
+    stride = n * ptrs.itemsize
+    at = iter(range(len(slots)))
+    p_, g_, m_, v_, n_, neg_ = (base + next(at) * stride for _ in range(6))
+    ms_, vs_, ns_ = (base + next(at) * stride for _ in range(3)) if fmt == 2 else (None, None, None)
+    comps_ = base + next(at) * stride if comps is not None else None
+    steps_ = base + next(at) * stride
+    seed = torch.randint(-(2**63), 2**63 - 1, (1,), dtype=torch.int64)  # torch's CPU generator
+    scalars = scalars.contiguous()
+    rc = lib.compact(
+        n, _DTYPE_CODES[dtype], fmt, _PARAM_UPDATE_CODES[param_update], rows.buffer_info()[0], cols.buffer_info()[0],
+        p_, g_, m_, v_, n_, neg_, ms_, vs_, ns_, comps_, steps_, scalars.data_ptr(), seed.data_ptr(),
+        beta1, beta2, beta3, eps, weight_decay, int(no_prox), torch.get_num_threads(),
+    )  # fmt: skip
+    if rc != 0:
+        raise RuntimeError(f"fused Adan CPU compact kernel failed with code {rc}")
+
+
+def _is_compact(p: Tensor, m: Tensor, param_update: str) -> bool:
+    """State in a compact format, or a low-precision parameter not rounded to nearest."""
+    return m.dtype in (torch.int8, torch.bfloat16) or (param_update != "nearest" and p.dtype in _LOW_PRECISION)
+
+
 def _fused_impl(
     params: list[Tensor],
     grads: list[Tensor],
@@ -269,10 +349,29 @@ def _fused_adan(
     capturable: bool,
     grad_scale: Optional[Tensor] = None,
     found_inf: Optional[Tensor] = None,
+    state_scales: Optional[list] = None,
+    param_comps: Optional[list] = None,
+    param_update: str = "nearest",
 ) -> None:
     if not params:
         return
     scalars = _scalars(lr, clip_coef, maximize, grad_scale, found_inf, params[0].device)
+    compact = [i for i, (p, m) in enumerate(zip(params, exp_avgs)) if _is_compact(p, m, param_update)]
+    if compact:
+        lists = [params, grads, exp_avgs, exp_avg_diffs, exp_avg_sqs, neg_pre_grads, state_steps]
+        _fused_compact(
+            [[lst[i] for i in compact] for lst in lists],
+            None if state_scales is None else [state_scales[i] for i in compact],
+            None if param_comps is None else [param_comps[i] for i in compact],
+            param_update, scalars, (beta1, beta2, beta3, eps, weight_decay, no_prox),
+            amp=grad_scale is not None or found_inf is not None,
+        )  # fmt: skip
+        keep = sorted(set(range(len(params))) - set(compact))
+        if not keep:
+            return
+        params, grads, exp_avgs, exp_avg_diffs, exp_avg_sqs, neg_pre_grads, state_steps = (
+            [lst[i] for i in keep] for lst in lists
+        )
     args = (
         list(params), list(grads), exp_avgs, exp_avg_diffs, exp_avg_sqs, neg_pre_grads, state_steps,
         scalars, beta1, beta2, beta3, eps, weight_decay, no_prox,
@@ -281,3 +380,42 @@ def _fused_adan(
         torch.ops.adan.fused_adan_(*args)
     else:
         _fused_impl(*args)
+
+
+def _fused_compact(
+    lists: list[list[Tensor]], state_scales, param_comps, param_update: str, scalars: Tensor, hparams, amp: bool
+) -> None:
+    """Compact tensors: one compact-kernel call per (parameter dtype, state format) on the CPU.
+
+    Elsewhere (CUDA has no compact kernel yet) and under ``torch.compile`` they take the
+    torch ops of the single-tensor path, which trace.
+    """
+    params, _, exp_avgs = lists[:3]
+    if torch.compiler.is_compiling() or any(not p.is_cpu for p in params):
+        from adan.optimizer import _single_tensor_adan
+
+        if amp:
+            raise RuntimeError(
+                "fused Adan: compact state (state_dtype != 'float32' or param_update != 'nearest') with a GradScaler "
+                "is supported by the CPU kernel in eager mode only"
+            )
+
+        beta1, beta2, beta3, eps, weight_decay, no_prox = hparams
+        lr, mult = scalars[0], scalars[1]
+        _single_tensor_adan(
+            *(list(lst) for lst in (lists[0], lists[1], lists[2], lists[4], lists[3], lists[5], lists[6])),
+            clip_coef=mult, beta1=beta1, beta2=beta2, beta3=beta3, lr=lr, weight_decay=weight_decay, eps=eps,
+            no_prox=no_prox, maximize=False, capturable=False,
+            state_scales=state_scales, param_comps=param_comps, param_update=param_update,
+        )  # fmt: skip
+        return
+    buckets: dict[tuple, list[int]] = {}
+    for i, (p, m) in enumerate(zip(params, exp_avgs)):
+        buckets.setdefault((p.dtype, m.dtype), []).append(i)
+    for idx in buckets.values():
+        _launch_cpu_compact(
+            *([lst[i] for i in idx] for lst in lists),
+            None if state_scales is None else [state_scales[i] for i in idx],
+            None if param_comps is None else [param_comps[i] for i in idx],
+            param_update, scalars, *hparams,
+        )  # fmt: skip

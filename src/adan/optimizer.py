@@ -31,8 +31,9 @@ import torch
 from torch import Tensor
 from torch.optim.optimizer import Optimizer, _get_foreach_kernels_supported_devices
 
-from adan import _fused
-from adan._fused import _fused_adan, state_dtype_for
+from adan import _compact, _fused
+from adan._compact import COMP_KEY, LOW_PRECISION, SCALE_KEYS
+from adan._fused import _fused_adan
 
 __all__ = ["Adan", "adan", "global_clip_coefficient"]
 
@@ -40,6 +41,7 @@ Betas = tuple[float, float, float]
 LR = Union[float, Tensor]
 
 _STATE_BUFFERS = ("exp_avg", "exp_avg_sq", "exp_avg_diff", "neg_pre_grad")
+_MOMENTS = ("exp_avg", "exp_avg_diff", "exp_avg_sq")
 
 
 def _check_hparams(lr: Any, betas: Any, eps: Any, weight_decay: Any, max_grad_norm: Any) -> None:
@@ -92,6 +94,15 @@ class Adan(Optimizer):
             its scale and inf flag to the kernel (the step is skipped on inf).
         maximize: maximise the objective instead of minimising it.
         capturable: keep the step count on the parameters' device (for CUDA graphs).
+        state_dtype: how the four buffers are stored: ``"float32"`` (default; float64
+            for float64 parameters), ``"bfloat16"`` (stochastically rounded, 8 bytes per
+            parameter) or ``"int8"`` (block-wise 8-bit m, v, n and a bfloat16 previous
+            gradient, about 5 bytes per parameter; tensors under 4096 elements stay
+            float32). The maths is float32 in every format; see :mod:`adan._compact`.
+        param_update: how bfloat16/float16 parameters take their float32 update:
+            ``"nearest"`` (default), ``"stochastic"`` rounding (bfloat16 parameters) or
+            ``"kahan"`` (a compensation buffer ``param_comp`` keeps what rounding lost).
+            Ignored for float32/float64 parameters.
         grad_norm_group: a process group over which the gradients this optimizer sees
             are *partitions* of the model's, as under
             ``torch.distributed.optim.ZeroRedundancyOptimizer``: the partial squared norms
@@ -125,8 +136,11 @@ class Adan(Optimizer):
         maximize: bool = False,
         capturable: bool = False,
         grad_norm_group: Optional[Any] = None,
+        state_dtype: str = "float32",
+        param_update: str = "nearest",
     ):
         _check_hparams(lr, betas, eps, weight_decay, max_grad_norm)
+        _compact.check_options(state_dtype, param_update)
         # Not a hyper-parameter: a process group is neither saved nor compared.
         self.grad_norm_group = grad_norm_group
         if fused and foreach:
@@ -142,6 +156,8 @@ class Adan(Optimizer):
             fused=fused,
             maximize=maximize,
             capturable=capturable,
+            state_dtype=state_dtype,
+            param_update=param_update,
         )
         super().__init__(params, defaults)
         if fused:
@@ -154,6 +170,12 @@ class Adan(Optimizer):
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         merged = {**self.defaults, **param_group}
         _check_hparams(merged["lr"], merged["betas"], merged["eps"], merged["weight_decay"], merged["max_grad_norm"])
+        _compact.check_options(merged["state_dtype"], merged["param_update"])
+        if merged["param_update"] == "stochastic" and any(p.dtype == torch.float16 for p in merged["params"] if torch.is_tensor(p)):
+            raise ValueError(
+                "Invalid param_update='stochastic' for float16 parameters: stochastic rounding is implemented for "
+                "bfloat16 parameters; use param_update='kahan' for float16"
+            )
         if merged["max_grad_norm"] != self.defaults["max_grad_norm"]:
             raise ValueError(
                 f"Invalid max_grad_norm={merged['max_grad_norm']!r} in a parameter group: clipping is global over "
@@ -173,6 +195,8 @@ class Adan(Optimizer):
                 group.setdefault(key, None)
             for key in ("no_prox", "maximize", "capturable"):
                 group.setdefault(key, False)
+            group.setdefault("state_dtype", "float32")
+            group.setdefault("param_update", "nearest")
             group.setdefault("max_grad_norm", self.defaults.get("max_grad_norm", 0.0))
             for p in group["params"]:
                 p_state = self.state.get(p, {})
@@ -182,12 +206,11 @@ class Adan(Optimizer):
 
     # ------------------------------------------------------------------ state
     def _new_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
-        return {
-            "step": torch.zeros((), dtype=torch.float32, device=_step_device(p, group)),
-            "exp_avg": _zeros_state(p),
-            "exp_avg_sq": _zeros_state(p),
-            "exp_avg_diff": _zeros_state(p),
-        }
+        state = {"step": torch.zeros((), dtype=torch.float32, device=_step_device(p, group))}
+        state.update(_compact.new_buffers(p, _compact.format_for(p, group["state_dtype"])))
+        if _needs_comp(p, group):
+            state[COMP_KEY] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        return state
 
     def _gather_group(self, group: dict[str, Any]) -> dict[str, list]:
         """Gather the tensors of the parameters that have a gradient (complex as real views).
@@ -208,7 +231,7 @@ class Adan(Optimizer):
                 if negs[i] is None:
                     if "exp_avg" not in state:
                         state.update(self._new_state(p, group))
-                    negs[i] = state["neg_pre_grad"] = _zeros_state(p)
+                    negs[i] = state["neg_pre_grad"] = _zeros_state(p, _compact.state_format(state["exp_avg"]))
                     fresh.append(i)
         lists = {
             "params": params,
@@ -219,15 +242,23 @@ class Adan(Optimizer):
             "neg_pre_grads": negs,
             "state_steps": [s["step"] for s in states],
         }
+        if group["state_dtype"] == "int8":
+            lists["state_scales"] = [tuple(s[SCALE_KEYS[k]] for k in _MOMENTS) if SCALE_KEYS["exp_avg"] in s else None for s in states]
+        if group["param_update"] == "kahan":
+            lists["param_comps"] = [s.get(COMP_KEY) for s in states]
         # DTensor parameters (FSDP2): the update is elementwise, so it runs on the local
         # shards; only the clipping norm needs the other ranks (see _norm_groups).
         norm_groups = [None] * len(params)
         if _DTensor is not None and any(isinstance(p, _DTensor) for p in params):
             norm_groups = [_shard_group(g) for g in grads]
             for key, values in lists.items():
-                if key != "state_steps":
+                if key == "state_scales":
+                    lists[key] = [None if t is None else tuple(x.to_local() for x in t) for t in values]
+                elif key != "state_steps":
                     lists[key] = [t.to_local() if isinstance(t, _DTensor) else t for t in values]
         if any(p.is_complex() for p in lists["params"]):
+            if group["state_dtype"] != "float32" or group["param_update"] != "nearest":
+                raise ValueError("Adan: compact state and param_update apply to real parameters; complex ones need the defaults")
             for key, values in lists.items():
                 if key != "state_steps":
                     lists[key] = [torch.view_as_real(t) if t.is_complex() else t for t in values]
@@ -251,8 +282,9 @@ class Adan(Optimizer):
                     state.update(self._new_state(p, group))
                     continue
                 state["step"].zero_()
-                for key in ("exp_avg", "exp_avg_sq", "exp_avg_diff"):
-                    state[key].zero_()
+                for key in ("exp_avg", "exp_avg_sq", "exp_avg_diff", *SCALE_KEYS.values()):
+                    if key in state:
+                        state[key].zero_()
                 state.pop("neg_pre_grad", None)
 
     # ------------------------------------------------------------------- step
@@ -309,6 +341,7 @@ class Adan(Optimizer):
                 no_prox=group["no_prox"],
                 maximize=group["maximize"],
                 capturable=group["capturable"],
+                param_update=group["param_update"],
             )
         return loss
 
@@ -323,7 +356,8 @@ class Adan(Optimizer):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load a state dict saved by this class, by the reference implementation or by timm.
 
-        Reference checkpoints keep one ``step`` per group; it becomes each parameter's
+        The state is converted to this optimizer's ``state_dtype`` (and ``param_update``):
+        those stay as the optimizer was built. Reference checkpoints keep one ``step`` per group; it becomes each parameter's
         ``step`` tensor. Shapes are checked before anything is loaded, so a mismatched
         state dict raises ``ValueError`` and leaves the optimizer as it was.
         """
@@ -334,7 +368,12 @@ class Adan(Optimizer):
             raise ValueError(f"loaded state dict has different max_grad_norm values per group {sorted(clip_norms)}; clipping is global")
         saved_state = state_dict["state"]
         saved_ids = [pid for g in state_dict["param_groups"] for pid in g["params"]]
+        # The storage choices are this optimizer's, not the checkpoint's: a checkpoint saved
+        # with one state_dtype loads into an optimizer built with another, and is converted.
+        layout = [{k: g[k] for k in ("state_dtype", "param_update")} for g in self.param_groups]
         super().load_state_dict(state_dict)
+        for group, keep in zip(self.param_groups, layout):
+            group.update(keep)
         self.defaults["max_grad_norm"] = self.param_groups[0]["max_grad_norm"]
         # torch casts every state tensor to its parameter's dtype; moments of low-precision
         # parameters are float32 here, so restore them from the saved (uncast) values.
@@ -347,10 +386,11 @@ class Adan(Optimizer):
             if not state:
                 continue
             saved = saved_state.get(pid, {})
-            for key in _STATE_BUFFERS:
-                if key in state:
-                    source = saved[key] if torch.is_tensor(saved.get(key)) else state[key]
-                    state[key] = _zeros_state(p).copy_(source)
+            if torch.is_tensor(saved.get("exp_avg")):
+                for key in [k for k in state if k != "step"]:
+                    del state[key]
+                fmt = _compact.format_for(p, group["state_dtype"])
+                state.update(_compact.conform_state(p, saved, fmt, _needs_comp(p, group)))
             if "step" in state:
                 state["step"] = torch.as_tensor(state["step"], dtype=torch.float32).reshape(()).to(_step_device(p, group))
 
@@ -370,13 +410,20 @@ class Adan(Optimizer):
                 p_state = state_dict["state"].get(saved_id)
                 if p_state is None:
                     continue
-                for key in _STATE_BUFFERS:
+                expected = {key: tuple(p.shape) for key in (*_STATE_BUFFERS, COMP_KEY)}
+                expected.update({key: _compact.scale_shape(p.shape) for key in SCALE_KEYS.values()})
+                for key, shape in expected.items():
                     value = p_state.get(key)
-                    if torch.is_tensor(value) and value.shape != p.shape:
+                    if torch.is_tensor(value) and tuple(value.shape) != shape:
                         raise ValueError(
                             f"loaded state dict does not match the parameters: group {gi}, parameter {pi}, "
-                            f"state {key!r} has shape {tuple(value.shape)} but the parameter has {tuple(p.shape)}"
+                            f"state {key!r} has shape {tuple(value.shape)} but {shape} was expected for a parameter "
+                            f"of shape {tuple(p.shape)}"
                         )
+                if p_state.get("exp_avg") is not None and p_state["exp_avg"].dtype == torch.int8:
+                    missing = [k for k in SCALE_KEYS.values() if not torch.is_tensor(p_state.get(k))]
+                    if missing:
+                        raise ValueError(f"loaded state dict: group {gi}, parameter {pi} has int8 state without {missing}")
 
 
 def _from_reference_format(state_dict: dict[str, Any], current_groups: list[dict[str, Any]]) -> dict[str, Any]:
@@ -488,8 +535,13 @@ def _step_device(p: Tensor, group: dict[str, Any]) -> torch.device:
     return p.device if on_device else torch.device("cpu")
 
 
-def _zeros_state(p: Tensor) -> Tensor:
-    return torch.zeros_like(p, dtype=state_dtype_for(p.dtype), memory_format=torch.preserve_format)
+def _zeros_state(p: Tensor, fmt: str = "float32") -> Tensor:
+    """A zero previous-gradient buffer (or full-precision moment) for ``p`` in format ``fmt``."""
+    return torch.zeros_like(p, dtype=_compact.neg_dtype(p, fmt), memory_format=torch.preserve_format)
+
+
+def _needs_comp(p: Tensor, group: dict[str, Any]) -> bool:
+    return group["param_update"] == "kahan" and p.dtype in LOW_PRECISION
 
 
 def _scale_grads(grads: list[Tensor], scale: Union[Tensor, float], device: torch.device) -> list[Tensor]:
@@ -625,6 +677,80 @@ def _per_tensor(lists, coefs: tuple[Tensor, ...], indices, kwargs) -> None:
             _adan_lists([p], [g], [m], [v], [n], [neg], tensor_coefs, **kwargs)
 
 
+def _compact_indices(params: list[Tensor], exp_avgs: list[Tensor], param_update: str) -> list[int]:
+    """Tensors whose state is compact, or whose low-precision parameter is not rounded to nearest."""
+    rounding = param_update != "nearest"
+    return [
+        i for i, (p, m) in enumerate(zip(params, exp_avgs))
+        if m.dtype in (torch.int8, torch.bfloat16) and p.dtype != torch.bfloat16 or m.dtype == torch.int8
+        or (m.dtype == torch.bfloat16 and p.dtype == torch.bfloat16) or (rounding and p.dtype in LOW_PRECISION)
+    ]  # fmt: skip
+
+
+def _row_chunks(t: Tensor):
+    """Slices ``(rows, cols)`` of about _CHUNK elements that never split a block."""
+    rows, cols = _compact.block_layout(t.shape)
+    if rows * cols <= _CHUNK or not t.is_contiguous() or torch.compiler.is_compiling():
+        yield None
+        return
+    if rows > 1:
+        step = max(1, _CHUNK // cols)
+        for r in range(0, rows, step):
+            yield slice(r, r + step), slice(None)
+    else:
+        for c in range(0, cols, _CHUNK):  # _CHUNK is a multiple of BLOCK
+            yield slice(None), slice(c, c + _CHUNK)
+
+
+def _per_tensor_compact(lists, extras, coefs: tuple[Tensor, ...], indices, kwargs) -> None:
+    """The update for compact state or rounded parameters, tensor by tensor.
+
+    Each slice is decoded to float32, updated by ``_adan_lists`` (the one place the maths
+    lives) and encoded back; at a parameter's first step its previous gradient is the
+    current one, exactly (the stored one may have been rounded).
+    """
+    state_scales, param_comps, state_steps, param_update = extras
+    kwargs = dict(kwargs)
+    scale = kwargs.pop("scale")
+    for i in indices:
+        p, g, m, v, n, neg = (lst[i] for lst in lists)
+        scales = state_scales[i] if state_scales is not None else None
+        comp = param_comps[i] if param_comps is not None else None
+        first = state_steps[i].to(p.device) == 1
+        tensor_coefs = tuple(c[i : i + 1] for c in coefs)
+        for chunk in _row_chunks(p):
+            if chunk is None:
+                views = (p, g, m, v, n, neg, comp)
+                scale_views = scales
+            else:
+                rows, cols = _compact.block_layout(p.shape)
+                r, c = chunk
+                views = tuple(None if t is None else t.view(rows, cols)[r, c] for t in (p, g, m, v, n, neg, comp))
+                bc = c if c == slice(None) else slice(c.start // _compact.BLOCK, -(-c.stop // _compact.BLOCK))
+                scale_views = None if scales is None else tuple(s[r, bc] for s in scales)
+            _compact_slice(*views, scale_views, first, tensor_coefs, scale, param_update, kwargs)
+
+
+def _compact_slice(p, g, m, v, n, neg, comp, scales, first, coefs, scale, param_update, kwargs) -> None:
+    state = {"exp_avg": m, "exp_avg_diff": v, "exp_avg_sq": n, "neg_pre_grad": neg}
+    if scales is not None:
+        state.update(zip((SCALE_KEYS[k] for k in _MOMENTS), scales))
+    g32 = g.float() if g.dtype != torch.float32 else g
+    if scale is not None:
+        g32 = g32 * (scale.to(g32.device) if torch.is_tensor(scale) else scale)
+    m32, v32, n32 = (_compact.decode(state, k) for k in _MOMENTS)
+    neg32 = torch.where(first, -g32, _compact.decode(state, "neg_pre_grad"))
+    if p.dtype in LOW_PRECISION:
+        p32 = p.float() if comp is None else p.float() + comp.float()
+    else:
+        p32 = p  # float32 parameters are updated in place
+    _adan_lists([p32], [g32], [m32], [v32], [n32], [neg32], coefs, scale=None, **kwargs)
+    for key, value in zip((*_MOMENTS, "neg_pre_grad"), (m32, v32, n32, neg32)):
+        _compact.encode_into(state, key, value)
+    if p32 is not p:
+        _compact.write_param(p, p32, param_update, comp)
+
+
 def _single_tensor_adan(
     params: list[Tensor],
     grads: list[Tensor],
@@ -644,6 +770,9 @@ def _single_tensor_adan(
     no_prox: bool,
     maximize: bool,
     capturable: bool,
+    state_scales: Optional[list[Optional[tuple[Tensor, Tensor, Tensor]]]] = None,
+    param_comps: Optional[list[Optional[Tensor]]] = None,
+    param_update: str = "nearest",
 ) -> None:
     if not params:
         return
@@ -652,7 +781,14 @@ def _single_tensor_adan(
     kwargs = dict(scale=_grad_scale(clip_coef, maximize), beta1=beta1, beta2=beta2, beta3=beta3, eps=eps,
                   lr=lr, weight_decay=weight_decay, no_prox=no_prox)  # fmt: skip
     lists = (params, grads, exp_avgs, exp_avg_diffs, exp_avg_sqs, neg_pre_grads)
-    _per_tensor(lists, coefs, range(len(params)), kwargs)
+    compact = _compact_indices(params, exp_avgs, param_update)
+    if compact:
+        extras = (state_scales, param_comps, state_steps, param_update)
+        _per_tensor_compact(lists, extras, coefs, compact, kwargs)
+        compact_set = set(compact)
+        _per_tensor(lists, coefs, [i for i in range(len(params)) if i not in compact_set], kwargs)
+    else:
+        _per_tensor(lists, coefs, range(len(params)), kwargs)
 
 
 def _multi_tensor_adan(
@@ -674,9 +810,28 @@ def _multi_tensor_adan(
     no_prox: bool,
     maximize: bool,
     capturable: bool,
+    state_scales: Optional[list[Optional[tuple[Tensor, Tensor, Tensor]]]] = None,
+    param_comps: Optional[list[Optional[Tensor]]] = None,
+    param_update: str = "nearest",
 ) -> None:
     if not params:
         return
+    compact = _compact_indices(params, exp_avgs, param_update)
+    if compact:  # compact formats are updated tensor by tensor; the rest below
+        _single_tensor_adan(
+            *([lst[i] for i in compact] for lst in (params, grads, exp_avgs, exp_avg_sqs, exp_avg_diffs, neg_pre_grads, state_steps)),
+            clip_coef=clip_coef, beta1=beta1, beta2=beta2, beta3=beta3, lr=lr, weight_decay=weight_decay, eps=eps,
+            no_prox=no_prox, maximize=maximize, capturable=capturable,
+            state_scales=None if state_scales is None else [state_scales[i] for i in compact],
+            param_comps=None if param_comps is None else [param_comps[i] for i in compact],
+            param_update=param_update,
+        )  # fmt: skip
+        keep = sorted(set(range(len(params))) - set(compact))
+        if not keep:
+            return
+        params, grads, exp_avgs, exp_avg_sqs, exp_avg_diffs, neg_pre_grads, state_steps = (
+            [lst[i] for i in keep] for lst in (params, grads, exp_avgs, exp_avg_sqs, exp_avg_diffs, neg_pre_grads, state_steps)
+        )
     buckets = Optimizer._group_tensors_by_device_and_dtype(
         [params, grads, exp_avgs, exp_avg_diffs, exp_avg_sqs, neg_pre_grads, state_steps]
     )
@@ -764,6 +919,9 @@ def adan(
     capturable: bool = False,
     grad_scale: Optional[Tensor] = None,
     found_inf: Optional[Tensor] = None,
+    state_scales: Optional[list[Optional[tuple[Tensor, Tensor, Tensor]]]] = None,
+    param_comps: Optional[list[Optional[Tensor]]] = None,
+    param_update: str = "nearest",
 ) -> None:
     """Functional Adan: update ``params`` and the state lists in place.
 
@@ -798,5 +956,8 @@ def adan(
         no_prox=no_prox,
         maximize=maximize,
         capturable=capturable,
+        state_scales=state_scales,
+        param_comps=param_comps,
+        param_update=param_update,
         **({"grad_scale": grad_scale, "found_inf": found_inf} if fused else {}),
     )

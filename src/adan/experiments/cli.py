@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from adan.experiments.optim import ExperimentError, load_config, parse_optimizers
+from adan.experiments.optim import COMPACT, OPTIMIZERS, ExperimentError, load_config, parse_optimizers
 
 # Sized for a 2-core laptop: the full run of every command takes about an hour with --jobs 2.
 SIZES = {  # full run / --quick
@@ -36,7 +36,8 @@ SIZES = {  # full run / --quick
                     "quick": dict(epochs=2, max_train=2000, batch_size=64, size="small", max_eval=1000)},
 }  # fmt: skip
 DEFAULT_OPTIMIZERS = {"vision": "adan,adamw,adam,sgd,lamb", "lm": "adan,adamw,adam", "rl": "adan,adam",
-                      "batch-sweep": "adan,adamw,lamb", "budget": "adan,adamw"}  # fmt: skip
+                      "batch-sweep": "adan,adamw,lamb", "budget": "adan,adamw",
+                      "compact": "adan,adan-bf16,adan-int8"}  # fmt: skip
 QUICK_OPTIMIZERS = "adan,adamw"
 VISION_MODELS = ("resnet", "vit")
 RL_ENVS = ("HalfCheetah-v5", "Hopper-v5")
@@ -171,6 +172,22 @@ def cmd_budget(args) -> None:
     _meta(out, "budget", kind="budget", optimizers=optimizers, seeds=_seeds(args), specs=specs)
 
 
+def cmd_compact(args) -> None:
+    """Adan with compact state against float32 Adan, at float32 Adan's tuned learning rate."""
+    config, out = load_config(args.config), Path(args.out)
+    formats = _optimizers(args, "compact", allowed=("adan", *COMPACT))
+    if "adan" not in formats:
+        formats = ["adan", *formats]
+    specs, chosen = [], {}
+    for task, models in (("vision", list(VISION_MODELS)), ("lm", ["chargpt"])):
+        base = _base(args, task)
+        adan_mult = _tuned(args, config, out, base, models, ["adan"])
+        picked = {m: {o: adan_mult[m]["adan"] for o in formats} for m in models}
+        chosen.update(picked)
+        specs += _finals(args, config, out, base, models, formats, picked, f"compact: {task}")
+    _meta(out, "compact", kind="compact", optimizers=formats, seeds=_seeds(args), chosen=chosen, specs=specs)
+
+
 def cmd_report(args) -> None:
     from adan.experiments.report import write_report
 
@@ -183,12 +200,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, help_text in (("vision", "ResNet and ViT on Fashion-MNIST"), ("lm", "character-level GPT on Shakespeare"),
                             ("rl", "PPO on MuJoCo, Adam vs Adan"), ("batch-sweep", "accuracy against batch size"),
-                            ("budget", "Adan at half the budget vs AdamW"), ("report", "render report.md and plots")):  # fmt: skip
+                            ("budget", "Adan at half the budget vs AdamW"),
+                            ("compact", "Adan's compact state formats against float32 Adan"),
+                            ("report", "render report.md and plots")):  # fmt: skip
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.add_argument("--out", default="results", help="results directory (default: results)")
         if name == "report":
             continue
-        p.add_argument("--optimizers", help=f"comma-separated, from adan,adamw,adam,sgd,lamb (default: {DEFAULT_OPTIMIZERS[name]})")
+        p.add_argument("--optimizers", help=f"comma-separated, from {','.join(OPTIMIZERS)} (default: {DEFAULT_OPTIMIZERS[name]})")
         p.add_argument("--seeds", type=int, help="seeds per configuration (default 3; 2 with --quick)")
         p.add_argument("--quick", action="store_true", help="small models and budgets: minutes, not hours")
         p.add_argument("--threads", type=int, default=None, help="torch threads per run (default: torch's)")
@@ -208,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 COMMANDS = {"vision": lambda a: cmd_supervised(a, "vision"), "lm": lambda a: cmd_supervised(a, "lm"), "rl": cmd_rl,
-            "batch-sweep": cmd_batch_sweep, "budget": cmd_budget, "report": cmd_report}  # fmt: skip
+            "batch-sweep": cmd_batch_sweep, "budget": cmd_budget, "compact": cmd_compact, "report": cmd_report}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,7 +11,9 @@ import torch
 
 import adan
 
-OPTIMIZERS = ("adan", "adamw", "adam", "sgd", "lamb")
+OPTIMIZERS = ("adan", "adamw", "adam", "sgd", "lamb", "adan-bf16", "adan-int8")
+# Adan with compact state: Adan's settings (and its tuned learning rate), another state_dtype.
+COMPACT = {"adan-bf16": "bfloat16", "adan-int8": "int8"}
 
 
 class ExperimentError(ValueError):
@@ -42,6 +44,8 @@ def parse_optimizers(text: str, allowed: Iterable[str] = OPTIMIZERS) -> list[str
 
 
 def settings(config: dict[str, Any], name: str, family: str) -> dict[str, Any]:
+    if name in COMPACT and name not in config["optimizers"]:
+        return {**settings(config, "adan", family), "state_dtype": COMPACT[name]}
     try:
         return dict(config["optimizers"][name][family])
     except KeyError:
@@ -53,7 +57,7 @@ def make_optimizer(name: str, params, hp: dict[str, Any]) -> torch.optim.Optimiz
     hp = dict(hp)
     if "betas" in hp:
         hp["betas"] = tuple(hp["betas"])
-    if name == "adan":
+    if name == "adan" or name in COMPACT:
         return adan.Adan(params, **hp)
     if name == "adamw":
         return torch.optim.AdamW(params, **hp)
@@ -81,3 +85,10 @@ def warmup_cosine(total_steps: int, warmup_fraction: float):
         return 0.5 * (1.0 + math.cos(math.pi * progress))
 
     return factor
+
+
+def state_bytes_per_param(opt: torch.optim.Optimizer) -> float:
+    """Bytes of optimizer state (every tensor, step counters included) per parameter."""
+    n_params = sum(p.numel() for group in opt.param_groups for p in group["params"])
+    n_bytes = sum(v.numel() * v.element_size() for state in opt.state.values() for v in state.values() if torch.is_tensor(v))
+    return n_bytes / max(1, n_params)

@@ -182,6 +182,39 @@ def _budget(out: Path, runs: dict, lines: list[str]) -> None:
     lines.append("")
 
 
+def _compact(out: Path, runs: dict, lines: list[str]) -> None:
+    """Compact state formats against float32 Adan: the difference against its seed spread."""
+    meta = _meta(out, "compact")
+    if not meta:
+        return
+    records = _records(runs, meta["specs"])
+    lines += ["## compact", "", "Adan with compact optimizer state, every format at float32 Adan's tuned learning rate; "
+              f"seeds {meta['seeds']}. *Within spread*: the mean is within one seed standard deviation of float32 "
+              "Adan's (or better). Bytes: optimizer state per parameter, step counters included.", ""]  # fmt: skip
+    for (task, model), group in _group(records, "task", "model").items():
+        key, label, higher = PRIMARY[task]
+        by_opt = {o: [r for r in group if r["spec"]["optimizer"] == o] for o in meta["optimizers"]}
+        ref = [r["final"][key] for r in by_opt.get("adan", [])]
+        ref_mean, ref_std = (float(np.mean(ref)), float(np.std(ref, ddof=1)) if len(ref) > 1 else 0.0) if ref else (None, 0.0)
+        lines += [f"### {task}: {model} ({label})", "", "| state | bytes/param | " + key + " | vs float32 | verdict |", "|---|---:|---:|---:|---|"]
+        for o, rs in by_opt.items():
+            if not rs:
+                continue
+            vals = [r["final"][key] for r in rs]
+            nbytes = [r["final"].get("state_bytes_per_param") for r in rs]
+            nbytes_cell = f"{np.mean(nbytes):.2f}" if all(b is not None for b in nbytes) else "–"
+            if o == "adan" or ref_mean is None:
+                diff_cell, verdict = "", "reference" if o == "adan" else ""
+            else:
+                diff = float(np.mean(vals)) - ref_mean
+                gain = diff if higher else -diff
+                diff_cell = f"{diff:+.4f}"
+                verdict = "better" if gain > ref_std else ("within spread" if gain >= -ref_std else f"**outside spread** (std {ref_std:.4f})")
+            name = {"adan": "float32"}.get(o, o.replace("adan-", ""))
+            lines.append(f"| {name} | {nbytes_cell} | {_ms(vals)} | {diff_cell} | {verdict} |")
+        lines.append("")
+
+
 def write_report(out: Path) -> Path:
     out = Path(out)
     runs = {r["run_id"]: r for r in load_runs(out)}
@@ -193,6 +226,7 @@ def write_report(out: Path) -> Path:
         _supervised(out, runs, section, lines)
     _batch_sweep(out, runs, lines)
     _budget(out, runs, lines)
+    _compact(out, runs, lines)
     path = out / "report.md"
     out.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")

@@ -17,7 +17,7 @@ from torch.nn import functional as F
 
 from adan.experiments import data as datasets
 from adan.experiments.models import CharGPT, vision_model
-from adan.experiments.optim import make_optimizer, settings, warmup_cosine
+from adan.experiments.optim import make_optimizer, settings, state_bytes_per_param, warmup_cosine
 
 Progress = Callable[[int, int, str], None]  # (done, total, text)
 
@@ -88,7 +88,8 @@ def train_vision(spec: dict[str, Any], config: dict[str, Any], progress: Progres
             break  # diverged: keep the record, stop spending time
     test_loss, test_acc = _evaluate(model, xt, yt)
     final = {"val_acc": curves["val_acc"][-1], "val_loss": curves["val_loss"][-1], "test_acc": test_acc,
-             "test_loss": test_loss, "train_loss": curves["train_loss"][-1], "steps": step}  # fmt: skip
+             "test_loss": test_loss, "train_loss": curves["train_loss"][-1], "steps": step,
+             "state_bytes_per_param": state_bytes_per_param(opt)}  # fmt: skip
     return {"curves": curves, "final": final, "hparams": hp, "dataset": d.name, "n_train": n_train}
 
 
@@ -147,7 +148,8 @@ def train_lm(spec: dict[str, Any], config: dict[str, Any], progress: Progress = 
     test_loss = _lm_loss(model, text.splits["test"], context, eval_tokens)
     val_loss = curves["val_loss"][-1]
     final = {"val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50)), "test_loss": test_loss,
-             "test_ppl": math.exp(min(test_loss, 50)), "steps": steps}  # fmt: skip
+             "test_ppl": math.exp(min(test_loss, 50)), "steps": steps,
+             "state_bytes_per_param": state_bytes_per_param(opt)}  # fmt: skip
     return {"curves": curves, "final": final, "hparams": hp, "dataset": "shakespeare" if not spec.get("data_dir") else spec["data_dir"]}
 
 

@@ -1,0 +1,277 @@
+/* Fused Adan step for the CPU with compact state or rounded low-precision parameters.
+ *
+ * The same update as adan_cpu.c (see there), in float32, block by block: every tensor is
+ * viewed as rows x cols and cut into blocks of up to BLOCK consecutive columns of a row
+ * (src/adan/_compact.py documents the layout and the code maps). For each block the state
+ * is decoded to float32, updated, and encoded back:
+ *
+ *   fmt 0  float32 state      stored as is
+ *   fmt 1  bfloat16 state     m, v, n and -g_prev stochastically rounded to bfloat16
+ *   fmt 2  int8 state         m, v: q = sign(x) floor(127 sqrt(|x|/s) + 1/2), x = s sign(q) (q/127)^2
+ *                             n:    q = max(floor(255 (x/s)^(1/4) + 1/2), [x > 0]), x = s (q/255)^4
+ *                             with s the block's largest magnitude (one float32 per block);
+ *                             -g_prev in bfloat16, stochastically rounded
+ *
+ * Parameters: float32, bfloat16 or float16, written back by param_update:
+ *   0 nearest, 1 stochastic rounding (bfloat16), 2 Kahan (comp holds the rounding residual,
+ *   in the parameter's dtype, and is added back to the parameter before the update).
+ *
+ * Random bits for stochastic rounding come from a counter-based hash of (seed, tensor,
+ * element): no state, the same bits whatever the thread count.
+ * scalars[] = {lr, grad_mul, found_inf} as in adan_cpu.c; nothing is written when
+ * found_inf != 0. Work is split across threads by blocks.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "parallel_slices.h"
+
+#define BLOCK 256
+
+enum { DT_F32 = 0, DT_BF16 = 2, DT_F16 = 3 };
+enum { FMT_F32 = 0, FMT_BF16 = 1, FMT_INT8 = 2 };
+enum { PU_NEAREST = 0, PU_STOCHASTIC = 1, PU_KAHAN = 2 };
+
+static inline float bf16_to_f32(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+static inline uint16_t f32_to_bf16(float f) { /* round to nearest even, NaN kept quiet */
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40u);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
+static inline uint16_t f32_to_bf16_sr(float f, uint32_t noise16) { /* stochastic rounding */
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40u);
+    return (uint16_t)((u + noise16) >> 16);
+}
+
+static inline uint32_t mix32(uint32_t x) { /* a 32-bit integer hash (lowbias32) */
+    x ^= x >> 16;
+    x *= 0x7feb352du;
+    x ^= x >> 15;
+    x *= 0x846ca68bu;
+    x ^= x >> 16;
+    return x;
+}
+
+static inline float load_param(const void *p, int32_t dtype, int64_t i) {
+    switch (dtype) {
+    case DT_BF16: return bf16_to_f32(((const uint16_t *)p)[i]);
+    case DT_F16: return (float)((const _Float16 *)p)[i];
+    default: return ((const float *)p)[i];
+    }
+}
+
+static inline void store_param(void *p, int32_t dtype, int64_t i, float x, int32_t mode, uint32_t noise16) {
+    switch (dtype) {
+    case DT_BF16:
+        ((uint16_t *)p)[i] = mode == PU_STOCHASTIC ? f32_to_bf16_sr(x, noise16) : f32_to_bf16(x);
+        break;
+    case DT_F16: ((_Float16 *)p)[i] = (_Float16)x; break;
+    default: ((float *)p)[i] = x;
+    }
+}
+
+typedef struct {
+    float a1, a2, c3, keep_diff;
+} coef_t;
+
+typedef struct {
+    int32_t pdtype, fmt, param_update;
+    float b1, b2, b3, omb1, omb2, omb3, gm, eps, pre, post;
+    uint32_t seed_lo, seed_hi;
+} conf_t;
+
+static void run_block(const conf_t *c, int64_t k, int64_t row, int64_t j, int64_t cols, void *param,
+                      const void *grad, void *mq, void *vq, void *nq, uint16_t *neg16, float *negf,
+                      float *ms, float *vs, float *ns, void *comp, coef_t cf) {
+    const int64_t nb = (cols + BLOCK - 1) / BLOCK;
+    const int64_t base = row * cols + j * BLOCK;
+    const int64_t len = cols - j * BLOCK < BLOCK ? cols - j * BLOCK : BLOCK;
+    const int64_t sidx = row * nb + j;
+    float m[BLOCK], v[BLOCK], n[BLOCK], g[BLOCK];
+    uint32_t r1[BLOCK], r2[BLOCK];
+    const uint32_t key = mix32(c->seed_lo ^ mix32(c->seed_hi + (uint32_t)k * 0x9e3779b9u));
+
+    /* decode */
+    if (c->fmt == FMT_INT8) {
+        const int8_t *mc = (const int8_t *)mq + base, *vc = (const int8_t *)vq + base;
+        const uint8_t *nc = (const uint8_t *)nq + base;
+        const float fm = ms[sidx] / 16129.0f, fv = vs[sidx] / 16129.0f, fn = ns[sidx] / 4228250625.0f;
+        for (int64_t i = 0; i < len; ++i) {
+            const float qm = (float)mc[i], qv = (float)vc[i], qn = (float)nc[i];
+            m[i] = qm * fabsf(qm) * fm;
+            v[i] = qv * fabsf(qv) * fv;
+            const float qn2 = qn * qn;
+            n[i] = qn2 * qn2 * fn;
+        }
+    } else if (c->fmt == FMT_BF16) {
+        const uint16_t *mb = (const uint16_t *)mq + base, *vb = (const uint16_t *)vq + base,
+                       *nb16 = (const uint16_t *)nq + base;
+        for (int64_t i = 0; i < len; ++i) {
+            m[i] = bf16_to_f32(mb[i]);
+            v[i] = bf16_to_f32(vb[i]);
+            n[i] = bf16_to_f32(nb16[i]);
+        }
+    } else {
+        memcpy(m, (const float *)mq + base, (size_t)len * sizeof(float));
+        memcpy(v, (const float *)vq + base, (size_t)len * sizeof(float));
+        memcpy(n, (const float *)nq + base, (size_t)len * sizeof(float));
+    }
+    if (c->fmt != FMT_F32 || c->param_update == PU_STOCHASTIC) {
+        for (int64_t i = 0; i < len; ++i) {
+            r1[i] = mix32(key ^ (uint32_t)(2 * (base + i)));
+            r2[i] = mix32(key ^ (uint32_t)(2 * (base + i) + 1));
+        }
+    }
+
+    /* update (the maths of adan_cpu.c, in float) */
+    float amax_m = 0.0f, amax_v = 0.0f, max_n = 0.0f;
+    for (int64_t i = 0; i < len; ++i) {
+        const int64_t e = base + i;
+        const float gi = load_param(grad, c->pdtype, e) * c->gm;
+        const float prev = negf ? negf[e] : bf16_to_f32(neg16[e]);
+        const float d = (gi + prev) * cf.keep_diff;
+        const float mi = c->b1 * m[i] + c->omb1 * gi;
+        const float vi = c->b2 * v[i] + c->omb2 * d;
+        const float u = gi + c->b2 * d;
+        const float ni = c->b3 * n[i] + c->omb3 * (u * u);
+        const float denom = sqrtf(ni) * cf.c3 + c->eps;
+        float pi = load_param(param, c->pdtype, e);
+        if (c->param_update == PU_KAHAN && c->pdtype != DT_F32) pi += load_param(comp, c->pdtype, e);
+        pi = (pi * c->pre - (cf.a1 * mi + cf.a2 * vi) / denom) * c->post;
+        m[i] = mi;
+        v[i] = vi;
+        n[i] = ni;
+        g[i] = gi;
+        amax_m = fmaxf(amax_m, fabsf(mi));
+        amax_v = fmaxf(amax_v, fabsf(vi));
+        max_n = fmaxf(max_n, ni);
+        if (c->param_update == PU_KAHAN && c->pdtype != DT_F32) {
+            store_param(param, c->pdtype, e, pi, PU_NEAREST, 0);
+            store_param(comp, c->pdtype, e, pi - load_param(param, c->pdtype, e), PU_NEAREST, 0);
+        } else {
+            store_param(param, c->pdtype, e, pi, c->param_update,
+                        c->param_update == PU_STOCHASTIC ? r2[i] >> 16 : 0u);
+        }
+    }
+
+    /* encode */
+    if (negf) {
+        for (int64_t i = 0; i < len; ++i) negf[base + i] = -g[i];
+    } else {
+        for (int64_t i = 0; i < len; ++i) neg16[base + i] = f32_to_bf16_sr(-g[i], r2[i] & 0xffffu);
+    }
+    if (c->fmt == FMT_INT8) {
+        int8_t *mc = (int8_t *)mq + base, *vc = (int8_t *)vq + base;
+        uint8_t *nc = (uint8_t *)nq + base;
+        const float im = amax_m > 0.0f ? 1.0f / amax_m : 0.0f, iv = amax_v > 0.0f ? 1.0f / amax_v : 0.0f,
+                    in = max_n > 0.0f ? 1.0f / max_n : 0.0f;
+        ms[sidx] = amax_m;
+        vs[sidx] = amax_v;
+        ns[sidx] = max_n;
+        for (int64_t i = 0; i < len; ++i) {
+            const float qm = floorf(sqrtf(fabsf(m[i]) * im) * 127.0f + 0.5f);
+            const float qv = floorf(sqrtf(fabsf(v[i]) * iv) * 127.0f + 0.5f);
+            float qn = floorf(sqrtf(sqrtf(n[i] * in)) * 255.0f + 0.5f);
+            if (qn < 1.0f && n[i] > 0.0f) qn = 1.0f;
+            mc[i] = (int8_t)(m[i] < 0.0f ? -qm : qm);
+            vc[i] = (int8_t)(v[i] < 0.0f ? -qv : qv);
+            nc[i] = (uint8_t)qn;
+        }
+    } else if (c->fmt == FMT_BF16) {
+        uint16_t *mb = (uint16_t *)mq + base, *vb = (uint16_t *)vq + base, *nb16 = (uint16_t *)nq + base;
+        for (int64_t i = 0; i < len; ++i) {
+            mb[i] = f32_to_bf16_sr(m[i], r1[i] & 0xffffu);
+            vb[i] = f32_to_bf16_sr(v[i], r1[i] >> 16);
+            nb16[i] = f32_to_bf16_sr(n[i], mix32(r1[i] ^ r2[i]) & 0xffffu);
+        }
+    } else {
+        memcpy((float *)mq + base, m, (size_t)len * sizeof(float));
+        memcpy((float *)vq + base, v, (size_t)len * sizeof(float));
+        memcpy((float *)nq + base, n, (size_t)len * sizeof(float));
+    }
+}
+
+/* Returns 0 on success, 1 for an unknown dtype/format/mode, 2 when out of memory. */
+int adan_fused_step_compact(int64_t n_tensors, int32_t pdtype, int32_t fmt, int32_t param_update,
+                            const int64_t *rows, const int64_t *cols, void *const *params,
+                            const void *const *grads, void *const *exp_avgs, void *const *exp_avg_diffs,
+                            void *const *exp_avg_sqs, void *const *neg_pre_grads, float *const *m_scales,
+                            float *const *v_scales, float *const *n_scales, void *const *comps,
+                            float *const *steps, const double *scalars, const int64_t *seed, double beta1,
+                            double beta2, double beta3, double eps, double weight_decay, int32_t no_prox,
+                            int32_t n_threads) {
+    if ((pdtype != DT_F32 && pdtype != DT_BF16 && pdtype != DT_F16) || fmt < FMT_F32 || fmt > FMT_INT8 ||
+        param_update < PU_NEAREST || param_update > PU_KAHAN)
+        return 1;
+    const double lr = scalars[0], grad_mul = scalars[1], found_inf = scalars[2];
+    if (found_inf != 0.0 || n_tensors == 0) return 0;
+
+    coef_t *coefs = (coef_t *)malloc((size_t)n_tensors * sizeof(coef_t));
+    int64_t *first_block = (int64_t *)malloc((size_t)(n_tensors + 1) * sizeof(int64_t));
+    if (!coefs || !first_block) {
+        free(coefs);
+        free(first_block);
+        return 2;
+    }
+    first_block[0] = 0;
+    int64_t total = 0;
+    for (int64_t k = 0; k < n_tensors; ++k) {
+        const double t = (double)(*steps[k] += 1.0f);
+        coefs[k].a1 = (float)(lr / (1.0 - pow(beta1, t)));
+        coefs[k].a2 = (float)(lr * beta2 / (1.0 - pow(beta2, t)));
+        coefs[k].c3 = (float)(1.0 / sqrt(1.0 - pow(beta3, t)));
+        coefs[k].keep_diff = t == 1.0 ? 0.0f : 1.0f;
+        first_block[k + 1] = first_block[k] + rows[k] * ((cols[k] + BLOCK - 1) / BLOCK);
+        total += rows[k] * cols[k];
+    }
+    conf_t c;
+    c.pdtype = pdtype;
+    c.fmt = fmt;
+    c.param_update = param_update;
+    c.b1 = (float)beta1;
+    c.b2 = (float)beta2;
+    c.b3 = (float)beta3;
+    c.omb1 = (float)(1.0 - beta1);
+    c.omb2 = (float)(1.0 - beta2);
+    c.omb3 = (float)(1.0 - beta3);
+    c.gm = (float)grad_mul;
+    c.eps = (float)eps;
+    c.pre = (float)(no_prox ? 1.0 - lr * weight_decay : 1.0);
+    c.post = (float)(no_prox ? 1.0 : 1.0 / (1.0 + lr * weight_decay));
+    c.seed_lo = (uint32_t)((uint64_t)seed[0] & 0xffffffffu);
+    c.seed_hi = (uint32_t)((uint64_t)seed[0] >> 32);
+    const int neg_is_f32 = fmt == FMT_F32;
+    const int64_t n_blocks = first_block[n_tensors];
+    const int64_t threads = adan_thread_count(total, n_threads);
+
+#pragma omp parallel for schedule(static) num_threads((int)threads) if (threads > 1)
+    for (int64_t b = 0; b < n_blocks; ++b) {
+        int64_t lo = 0, hi = n_tensors; /* the tensor holding block b */
+        while (hi - lo > 1) {
+            const int64_t mid = (lo + hi) / 2;
+            if (first_block[mid] <= b) lo = mid; else hi = mid;
+        }
+        const int64_t k = lo, jb = b - first_block[k], nb = (cols[k] + BLOCK - 1) / BLOCK;
+        run_block(&c, k, jb / nb, jb % nb, cols[k], params[k], grads[k], exp_avgs[k], exp_avg_diffs[k],
+                  exp_avg_sqs[k], neg_is_f32 ? NULL : (uint16_t *)neg_pre_grads[k],
+                  neg_is_f32 ? (float *)neg_pre_grads[k] : NULL, fmt == FMT_INT8 ? m_scales[k] : NULL,
+                  fmt == FMT_INT8 ? v_scales[k] : NULL, fmt == FMT_INT8 ? n_scales[k] : NULL,
+                  comps ? comps[k] : NULL, coefs[k]);
+    }
+    free(coefs);
+    free(first_block);
+    return 0;
+}

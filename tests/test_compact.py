@@ -1,0 +1,299 @@
+"""Compact optimizer state (state_dtype) and low-precision parameter updates (param_update)."""
+
+from __future__ import annotations
+
+import io
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from adan import Adan
+from adan import _compact as C
+from adan._fused import fused_available
+
+PATHS = {"single": dict(foreach=False, fused=False), "foreach": dict(foreach=True)}
+if fused_available("cpu"):
+    PATHS["fused"] = dict(fused=True)
+FORMATS = ("float32", "bfloat16", "int8")
+
+
+# ------------------------------------------------------------ code maps
+def _wide(shape, seed=0):
+    """Values spanning many orders of magnitude, with exact zeros, in float32."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(shape, generator=g) * torch.exp(torch.randn(shape, generator=g) * 4)
+    x[torch.rand(shape, generator=g) < 0.05] = 0.0
+    return x
+
+
+@pytest.mark.parametrize("shape", [(4096,), (300, 40), (3, 1000), (64, 8, 3, 3), (5, 256), (2, 257)])
+def test_signed_codes_error_bound_and_layout(shape):
+    x = _wide(shape)
+    codes, scale = C.quantize_signed(x)
+    assert codes.dtype == torch.int8 and codes.shape == x.shape
+    assert scale.shape == C.scale_shape(x.shape) and scale.dtype == torch.float32
+    assert codes.abs().max() <= 127
+    y = C.dequantize_signed(codes, scale)
+    s = C._unblock(C._blocks(x).abs().amax(-1, keepdim=True).expand(*scale.shape, C.BLOCK), x.shape)
+    bound = s * (2 * (x.abs() / s.clamp_min(1e-38)).sqrt() / 254 + 1 / 254**2) * (1 + 1e-5)
+    assert ((y - x).abs() <= bound).all()
+    # the block's largest magnitude is exact, signs are kept, zero stays zero
+    torch.testing.assert_close(C._blocks(y).abs().amax(-1), scale, rtol=1e-6, atol=0)
+    assert ((y == 0) | (torch.sign(y) == torch.sign(x))).all()
+    assert (y[x == 0] == 0).all()
+
+
+@pytest.mark.parametrize("shape", [(4096,), (300, 40), (64, 8, 3, 3), (2, 257)])
+def test_unsigned_codes_error_bound_and_positive_never_zero(shape):
+    x = _wide(shape).square()
+    codes, scale = C.quantize_unsigned(x)
+    assert codes.dtype == torch.uint8
+    y = C.dequantize_unsigned(codes, scale)
+    s = C._unblock(C._blocks(x).amax(-1, keepdim=True).expand(*scale.shape, C.BLOCK), x.shape)
+    r = (x / s.clamp_min(1e-38)).pow(0.25)
+    bound = s * 4 * (r + 1 / 510) ** 3 / 510 * (1 + 1e-4)
+    rounded_up = (codes == 1) & (y > x)  # tiny values are kept at the smallest positive code
+    assert ((y - x).abs() <= bound)[~rounded_up].all()
+    assert ((y > 0) == (x > 0)).all(), "a positive n must never decode to 0 (the step would be lr*m/eps)"
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.floats(-1e6, 1e6, allow_nan=False, width=32), min_size=1, max_size=600))
+def test_signed_roundtrip_relative_to_block_max(values):
+    x = torch.tensor(values, dtype=torch.float32)
+    y = C.dequantize_signed(*C.quantize_signed(x))
+    amax = x.abs().max()
+    assert ((y - x).abs() <= amax * (2 / 254 + 1 / 254**2) * 1.0001 + 1e-30).all()
+
+
+def test_zero_blocks_and_empty_tensors():
+    for x in (torch.zeros(3, 300), torch.zeros(0, 5), torch.zeros(0)):
+        codes, scale = C.quantize_signed(x)
+        assert torch.equal(C.dequantize_signed(codes, scale), x)
+        codes, scale = C.quantize_unsigned(x)
+        assert torch.equal(C.dequantize_unsigned(codes, scale), x)
+
+
+def test_stochastic_rounding_to_bf16_is_unbiased_and_picks_a_neighbour():
+    torch.manual_seed(0)
+    x = torch.full((200_000,), 1.0 + 2**-9)  # a quarter of the way from 1 to the next bfloat16
+    r = C.round_to_bf16(x).float()
+    assert set(r.unique().tolist()) == {1.0, 1.0 + 2**-7}
+    assert abs(r.mean().item() - x[0].item()) < 2e-5
+    assert C.round_to_bf16(x, stochastic=False).float().unique().tolist() == [1.0]  # nearest loses it
+    special = torch.tensor([float("nan"), float("inf"), -float("inf"), 0.0, -0.0])
+    out = C.round_to_bf16(special).float()
+    assert out[0].isnan() and out[1] == math.inf and out[2] == -math.inf and out[3] == 0 and out[4] == 0
+
+
+# ------------------------------------------------------------ the optimizer
+def _model(dtype=torch.float32, seed=0):
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(32, 256), torch.nn.Tanh(), torch.nn.Linear(256, 8)).to(dtype)
+
+
+def _data(seed=1):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(256, 32, generator=g)
+    w = torch.randn(32, 8, generator=g)
+    return x, torch.tanh(x @ w) + 0.05 * torch.randn(256, 8, generator=g)
+
+
+def _train(opt, model, steps, data=None, dtype=torch.float32):
+    x, y = data or _data()
+    losses = []
+    for _ in range(steps):
+        opt.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.mse_loss(model(x.to(dtype)).float(), y)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses
+
+
+def test_state_layout_bytes_and_small_tensor_fallback():
+    big = torch.nn.Linear(1024, 1024)  # 1M weights and a 1024-element bias
+    for fmt, limit in (("float32", 16.0), ("bfloat16", 8.0), ("int8", 6.0)):
+        opt = Adan(big.parameters(), state_dtype=fmt)
+        big(torch.randn(2, 1024)).sum().backward()
+        opt.step()
+        w, b = opt.state[big.weight], opt.state[big.bias]
+        per_param = sum(C.state_bytes(s) for s in opt.state.values()) / sum(p.numel() for p in big.parameters())
+        assert per_param <= limit + 0.01, (fmt, per_param)
+        if fmt == "int8":
+            assert w["exp_avg"].dtype == torch.int8 and w["exp_avg_diff"].dtype == torch.int8
+            assert w["exp_avg_sq"].dtype == torch.uint8 and w["neg_pre_grad"].dtype == torch.bfloat16
+            assert w["exp_avg_scale"].shape == (1024, 4)
+            assert b["exp_avg"].dtype == torch.float32 and "exp_avg_scale" not in b  # under 4096 elements
+            assert per_param < 5.1
+        elif fmt == "bfloat16":
+            assert all(w[k].dtype == torch.bfloat16 for k in ("exp_avg", "exp_avg_diff", "exp_avg_sq", "neg_pre_grad"))
+            assert b["exp_avg"].dtype == torch.bfloat16
+        big.zero_grad()
+    p64 = torch.zeros(5000, dtype=torch.float64, requires_grad=True)
+    opt = Adan([p64], state_dtype="int8")
+    p64.grad = torch.ones_like(p64)
+    opt.step()
+    assert opt.state[p64]["exp_avg"].dtype == torch.float64  # float64 parameters keep float64 state
+
+
+@pytest.mark.parametrize("path", list(PATHS))
+@pytest.mark.parametrize("fmt", ["bfloat16", "int8"])
+def test_compact_state_converges_like_float32(path, fmt):
+    ref_model = _model()
+    ref = _train(Adan(ref_model.parameters(), lr=3e-3, weight_decay=0.02), ref_model, 150)
+    model = _model()
+    losses = _train(Adan(model.parameters(), lr=3e-3, weight_decay=0.02, state_dtype=fmt, **PATHS[path]), model, 150)
+    assert losses[-1] < 0.25 * losses[0]
+    assert abs(losses[-1] - ref[-1]) <= 0.1 * ref[-1], (losses[-1], ref[-1])
+    # and the parameters stay close to float32's trajectory
+    for p, q in zip(model.parameters(), ref_model.parameters()):
+        assert (p - q).norm() <= 0.05 * q.norm()
+
+
+@pytest.mark.parametrize("fmt", ["float32", "bfloat16", "int8"])
+def test_fused_matches_single_tensor(fmt):
+    """The fused kernel is as close to the single-tensor path as another random draw of it.
+
+    Stochastic rounding draws other bits on each path (and each seed), so trajectories are
+    compared as wholes: fused vs single must not be farther apart than single vs single
+    with another seed (float32 state has no randomness: there they agree to rounding).
+    """
+    if "fused" not in PATHS:
+        pytest.skip("no C compiler")
+    runs = {}
+    for name, path, seed in (("single", "single", 0), ("single'", "single", 1), ("fused", "fused", 0)):
+        model = _model()
+        torch.manual_seed(100 + seed)
+        opt = Adan(model.parameters(), lr=3e-3, weight_decay=0.02, max_grad_norm=1.0, state_dtype=fmt, **PATHS[path])
+        _train(opt, model, 20)
+        runs[name] = (torch.cat([p.detach().flatten() for p in model.parameters()]), opt, list(model.parameters()))
+    ref, other, fused = runs["single"][0], runs["single'"][0], runs["fused"][0]
+    spread = (other - ref).norm() if fmt != "float32" else 1e-6 * ref.norm()
+    assert (fused - ref).norm() <= 2 * spread, ((fused - ref).norm(), spread)
+    (_, o1, ps1), (_, o2, ps2) = runs["single"], runs["fused"]
+    for p, q in zip(ps1, ps2):
+        s1, s2 = o1.state[p], o2.state[q]
+        assert s1.keys() == s2.keys() and all(s1[k].dtype == s2[k].dtype for k in s1)
+        assert torch.equal(s1["step"], s2["step"])
+        for key in ("exp_avg", "exp_avg_sq"):
+            a, b = C.decode(s1, key), C.decode(s2, key)
+            assert (a - b).norm() <= 0.03 * a.norm(), key
+
+
+@pytest.mark.parametrize("path", list(PATHS))
+def test_low_precision_params_kahan_and_stochastic_keep_small_updates(path):
+    """With updates far below bfloat16's resolution, rounding to nearest loses them all."""
+    final = {}
+    for mode in ("nearest", "stochastic", "kahan"):
+        torch.manual_seed(0)
+        p = torch.ones(5000, dtype=torch.bfloat16, requires_grad=True)
+        opt = Adan([p], lr=1e-4, param_update=mode, **PATHS[path])
+        for _ in range(200):
+            p.grad = torch.ones_like(p)  # constant gradient: each step moves p by about -lr
+            opt.step()
+        value = p.float() + (opt.state[p]["param_comp"].float() if mode == "kahan" else 0)
+        final[mode] = value.mean().item()
+        if mode == "kahan":
+            assert opt.state[p]["param_comp"].dtype == torch.bfloat16
+    expected = 1 - 200 * 1e-4
+    assert final["nearest"] == 1.0  # every update was rounded away
+    # The compensation is itself bfloat16: about 16 significant bits in all, against 8.
+    assert abs(final["kahan"] - expected) < 3e-4
+    assert abs(final["stochastic"] - expected) < 5e-4
+
+
+def test_float16_params_kahan():
+    p = torch.ones(5000, dtype=torch.float16, requires_grad=True)
+    opt = Adan([p], lr=1e-5, param_update="kahan")
+    for _ in range(100):
+        p.grad = torch.ones_like(p)
+        opt.step()
+    assert abs((p.float() + opt.state[p]["param_comp"].float()).mean().item() - (1 - 100 * 1e-5)) < 2e-5
+
+
+@pytest.mark.parametrize("path", list(PATHS))
+@pytest.mark.parametrize("fmt", ["bfloat16", "int8"])
+def test_checkpoint_round_trip_continues_identically(path, fmt):
+    model = _model(torch.bfloat16)
+    kw = dict(lr=3e-3, weight_decay=0.02, state_dtype=fmt, param_update="kahan", **PATHS[path])
+    opt = Adan(model.parameters(), **kw)
+    _train(opt, model, 5, dtype=torch.bfloat16)
+    buf = io.BytesIO()
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict()}, buf)
+    buf.seek(0)
+    ckpt = torch.load(buf, weights_only=True)
+    model2 = _model(torch.bfloat16, seed=3)
+    model2.load_state_dict(ckpt["model"])
+    opt2 = Adan(model2.parameters(), **kw)
+    opt2.load_state_dict(ckpt["opt"])
+    for p, q in zip(model.parameters(), model2.parameters()):
+        s1, s2 = opt.state[p], opt2.state[q]
+        assert s1.keys() == s2.keys()
+        for k in s1:
+            assert s1[k].dtype == s2[k].dtype and torch.equal(s1[k], s2[k]), k
+    torch.manual_seed(7)
+    _train(opt, model, 5, dtype=torch.bfloat16)
+    torch.manual_seed(7)
+    _train(opt2, model2, 5, dtype=torch.bfloat16)
+    for p, q in zip(model.parameters(), model2.parameters()):
+        assert torch.equal(p, q)
+
+
+@pytest.mark.parametrize("src,dst", [("float32", "int8"), ("int8", "float32"), ("bfloat16", "int8"), ("int8", "bfloat16")])
+def test_checkpoint_loads_into_another_state_dtype(src, dst):
+    model = _model()
+    opt = Adan(model.parameters(), lr=3e-3, state_dtype=src)
+    _train(opt, model, 10)
+    opt2 = Adan(model.parameters(), lr=3e-3, state_dtype=dst)
+    opt2.load_state_dict(opt.state_dict())
+    w = model[0].weight
+    assert C.state_format(opt2.state[w]["exp_avg"]) == dst
+    for key in ("exp_avg", "exp_avg_diff", "exp_avg_sq"):
+        a, b = C.decode(opt.state[w], key), C.decode(opt2.state[w], key)
+        torch.testing.assert_close(b, a, rtol=0.05, atol=0.02 * a.abs().max().item())
+    _train(opt2, model, 3)  # and it steps
+
+
+def test_mismatched_scales_raise_and_leave_the_optimizer_as_it_was():
+    model = _model()
+    opt = Adan(model.parameters(), state_dtype="int8")
+    _train(opt, model, 2)
+    sd = opt.state_dict()
+    before = {k: v.clone() for k, v in opt.state[model[0].weight].items()}
+    bad = {**sd, "state": {**sd["state"], 0: {**sd["state"][0], "exp_avg_scale": torch.ones(3, 3)}}}
+    with pytest.raises(ValueError, match="exp_avg_scale"):
+        opt.load_state_dict(bad)
+    missing = {**sd, "state": {**sd["state"], 0: {k: v for k, v in sd["state"][0].items() if k != "exp_avg_sq_scale"}}}
+    with pytest.raises(ValueError, match="exp_avg_sq_scale"):
+        opt.load_state_dict(missing)
+    for k, v in opt.state[model[0].weight].items():
+        assert torch.equal(v, before[k])
+
+
+def test_restart_and_invalid_options():
+    model = _model()
+    opt = Adan(model.parameters(), state_dtype="int8")
+    _train(opt, model, 3)
+    opt.restart_opt()
+    w = opt.state[model[0].weight]
+    assert w["step"] == 0 and not w["exp_avg"].any() and not w["exp_avg_scale"].any() and "neg_pre_grad" not in w
+    _train(opt, model, 2)
+    assert w["step"] == 2
+    with pytest.raises(ValueError, match="state_dtype"):
+        Adan(model.parameters(), state_dtype="int4")
+    with pytest.raises(ValueError, match="param_update"):
+        Adan(model.parameters(), param_update="round")
+    with pytest.raises(ValueError, match="float16"):
+        Adan(_model(torch.float16).parameters(), param_update="stochastic")
+
+
+def test_per_group_state_dtype():
+    model = _model()
+    opt = Adan([{"params": model[0].parameters(), "state_dtype": "int8"}, {"params": model[2].parameters()}])
+    _train(opt, model, 2)
+    assert opt.state[model[0].weight]["exp_avg"].dtype == torch.int8
+    assert opt.state[model[2].weight]["exp_avg"].dtype == torch.float32
