@@ -5,6 +5,10 @@ Run (the table in the README and the closing notes comes from exactly this)::
     python benchmarks/step_time.py                      # both cases, 1 and 2 threads
     python benchmarks/step_time.py --cases small --threads 2 --reps 9
 
+Rows with ``bfloat16 state``/``int8 state`` use ``Adan(state_dtype=...)``; the
+``state B/param`` column is the optimizer state's bytes per parameter (step counters
+included; the floor's is its four float32 buffers).
+
 Cases:
   large  ~25.2M float32 parameters in 96 tensors (12 transformer-like blocks)
   small  1000 tensors of 1000 float32 elements
@@ -87,6 +91,10 @@ def contenders(case: str) -> dict[str, Callable[[list[torch.nn.Parameter]], torc
         "adan single-tensor": lambda ps: adan.Adan(ps, lr=1e-3, foreach=False),
         "adan foreach": lambda ps: adan.Adan(ps, lr=1e-3, foreach=True),
         "adan fused": lambda ps: adan.Adan(ps, lr=1e-3, fused=True),
+        "adan fused, bfloat16 state": lambda ps: adan.Adan(ps, lr=1e-3, fused=True, state_dtype="bfloat16"),
+        "adan fused, int8 state": lambda ps: adan.Adan(ps, lr=1e-3, fused=True, state_dtype="int8"),
+        "adan single-tensor, bfloat16 state": lambda ps: adan.Adan(ps, lr=1e-3, foreach=False, fused=False, state_dtype="bfloat16"),
+        "adan single-tensor, int8 state": lambda ps: adan.Adan(ps, lr=1e-3, foreach=False, fused=False, state_dtype="int8"),
         "floor (reads 6, writes 5)": FloorStep,
     }
     try:
@@ -102,7 +110,17 @@ def contenders(case: str) -> dict[str, Callable[[list[torch.nn.Parameter]], torc
     return table
 
 
-def bench_case(case: str, threads: int, reps: int, warmup: int = 2) -> dict[str, float]:
+def state_bytes_per_param(opt, params: list[torch.Tensor]) -> float:
+    """Optimizer state bytes per parameter (the floor: its four float32 buffers)."""
+    if isinstance(opt, FloorStep):
+        tensors = [t for lst in opt.buffers for t in lst]
+    else:
+        opt = getattr(opt, "opt", opt)
+        tensors = [v for st in opt.state.values() for v in st.values() if torch.is_tensor(v)]
+    return sum(t.numel() * t.element_size() for t in tensors) / sum(p.numel() for p in params)
+
+
+def bench_case(case: str, threads: int, reps: int, warmup: int = 2) -> dict[str, tuple[float, float]]:
     torch.set_num_threads(threads)
     values = make_case(case)
     grads = [torch.randn_like(v) * 1e-2 for v in values]
@@ -114,13 +132,13 @@ def bench_case(case: str, threads: int, reps: int, warmup: int = 2) -> dict[str,
         opt = factory(params)
         for _ in range(warmup):
             opt.step()
-        runs[name] = (opt, [])
+        runs[name] = (opt, [], state_bytes_per_param(opt, params))
     for _ in range(reps):
-        for name, (opt, times) in runs.items():
+        for name, (opt, times, _) in runs.items():
             t0 = time.perf_counter()
             opt.step()
             times.append(time.perf_counter() - t0)
-    return {name: statistics.median(times) for name, (_, times) in runs.items()}
+    return {name: (statistics.median(times), nbytes) for name, (_, times, nbytes) in runs.items()}
 
 
 def main() -> None:
@@ -140,14 +158,14 @@ def main() -> None:
         contenders = lambda case: {k: v for k, v in full(case).items() if keep(k)}
 
     print(f"torch {torch.__version__}, adan {adan.__version__}, reps {args.reps} (medians)\n")
-    print("| case | threads | implementation | median ms | x fused AdamW | x floor |")
-    print("|---|---:|---|---:|---:|---:|")
+    print("| case | threads | implementation | state B/param | median ms | x fused AdamW | x floor |")
+    print("|---|---:|---|---:|---:|---:|---:|")
     for case in args.cases:
         for threads in args.threads:
             medians = bench_case(case, threads, args.reps)
-            base, floor = medians["torch AdamW fused"], medians["floor (reads 6, writes 5)"]
-            for name, t in medians.items():
-                print(f"| {case} | {threads} | {name} | {t * 1e3:.2f} | {t / base:.2f} | {t / floor:.2f} |", flush=True)
+            base, floor = medians["torch AdamW fused"][0], medians["floor (reads 6, writes 5)"][0]
+            for name, (t, nbytes) in medians.items():
+                print(f"| {case} | {threads} | {name} | {nbytes:.2f} | {t * 1e3:.2f} | {t / base:.2f} | {t / floor:.2f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -27,8 +27,10 @@ STEPS = 8
 KW = dict(lr=1e-2, weight_decay=0.02, max_grad_norm=0.05)
 
 
-def _model() -> nn.Module:
-    torch.manual_seed(0)
+def _model(state_dtype: str = "float32", seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    if state_dtype != "float32":  # float32, with weights large enough for int8 state (>= 4096 elements)
+        return nn.Sequential(nn.Linear(8, 512), nn.Tanh(), nn.Linear(512, 16), nn.Tanh(), nn.Linear(16, 4))
     return nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 4)).double()
 
 
@@ -43,12 +45,13 @@ def _train(model, opt, steps, start=0, rank=None):
         if rank is not None:  # each rank sees half of the batch; DDP/FSDP average the gradients
             x, y = x[rank::WORLD], y[rank::WORLD]
         opt.zero_grad(set_to_none=True)
-        nn.functional.mse_loss(model(x), y).backward()
+        dtype = next(iter(model.parameters())).dtype
+        nn.functional.mse_loss(model(x.to(dtype)), y.to(dtype)).backward()
         opt.step()
 
 
 def _reference(steps=STEPS, **kw) -> list[torch.Tensor]:
-    model = _model()
+    model = _model(kw.get("state_dtype", "float32"))
     opt = Adan(model.parameters(), **{**KW, **kw})
     _train(model, opt, steps)
     return [p.detach().clone() for p in model.parameters()]
@@ -90,7 +93,7 @@ def _worker(rank: int, mode: str, store: str, out: str, kw: dict) -> None:
             import torch.distributed.checkpoint as dcp
             from torch.distributed.fsdp import fully_shard
 
-            model = _model()
+            model = _model(kw.get("state_dtype", "float32"))
             for layer in model:
                 if isinstance(layer, nn.Linear):
                     fully_shard(layer)
@@ -99,6 +102,7 @@ def _worker(rank: int, mode: str, store: str, out: str, kw: dict) -> None:
             _train(model, opt, STEPS // 2, rank=rank)
             state = opt.state[next(iter(model.parameters()))]
             results["state_is_sharded"] = type(state["exp_avg"]).__name__ == "DTensor" and state["exp_avg"].placements == next(iter(model.parameters())).placements
+            results["state_dtypes"] = {k: (v.dtype, type(v).__name__, tuple(v.shape)) for k, v in state.items()}
             msd, osd = get_state_dict(model, opt)
             dcp.save({"model": msd, "optim": osd}, checkpoint_id=os.path.join(out + ".ckpt"))
             _train(model, opt, STEPS - STEPS // 2, start=STEPS // 2, rank=rank)
@@ -144,7 +148,7 @@ def _reload_single_process(path: str, kw: dict) -> list[torch.Tensor]:
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
-    model = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 4)).double()  # fresh, other init
+    model = _model(kw.get("state_dtype", "float32"), seed=1)  # fresh, other init
     opt = Adan(model.parameters(), **{**KW, **kw})
     msd, osd = get_state_dict(model, opt)
     state = {"model": msd, "optim": osd}
@@ -199,3 +203,25 @@ def test_shard_norms_would_be_caught():
     full = torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))
     half = torch.linalg.vector_norm(torch.stack([g[: max(1, len(g) // 2)].norm() for g in grads]))
     assert full > 5 * KW["max_grad_norm"] and not torch.isclose(full, half, rtol=1e-3)
+
+
+def test_fsdp2_int8_state_is_sharded_like_its_params_and_reshards():
+    """int8 codes and their per-row-block scales are DTensors sharded by rows, like the weight.
+
+    Stochastic rounding of the bfloat16 previous gradient draws other bits in each process,
+    so the comparison with one process is close, not exact.
+    """
+    kw = dict(state_dtype="int8")
+    results = _spawn("fsdp", **kw)
+    dtypes = results["state_dtypes"]
+    assert dtypes["exp_avg"][:2] == (torch.int8, "DTensor") and dtypes["exp_avg_sq"][0] == torch.uint8
+    assert dtypes["exp_avg_scale"] == (torch.float32, "DTensor", (512, 1))  # rows of 8 columns: one block each
+    assert dtypes["neg_pre_grad"][0] == torch.bfloat16
+    reference = _reference(**kw)
+
+    def rel(a, b):
+        return max(((x - y).norm() / y.norm()).item() for x, y in zip(a, b))
+
+    # measured 2.5e-3 after 8 steps at lr 1e-2 (a wrong block layout or scale is off by far more)
+    assert rel(results["params"], reference) < 1e-2, rel(results["params"], reference)
+    assert rel(results["ckpt"], reference) < 1e-2, rel(results["ckpt"], reference)
