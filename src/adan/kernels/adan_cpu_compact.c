@@ -93,9 +93,12 @@ typedef struct {
     uint32_t seed_lo, seed_hi;
 } conf_t;
 
-static void run_block(const conf_t *c, int64_t k, int64_t row, int64_t j, int64_t cols, void *param,
-                      const void *grad, void *mq, void *vq, void *nq, uint16_t *neg16, float *negf,
-                      float *ms, float *vs, float *ns, void *comp, coef_t cf) {
+/* One block. pdtype, fmt and pu are compile-time constants in every call (see run_block):
+ * the compiler specialises each combination and vectorises its loops. */
+static inline __attribute__((always_inline)) void block_impl(
+    const int32_t pdtype, const int32_t fmt, const int32_t pu, const conf_t *c, int64_t k, int64_t row,
+    int64_t j, int64_t cols, void *param, const void *grad, void *mq, void *vq, void *nq, uint16_t *neg16,
+    float *negf, float *ms, float *vs, float *ns, void *comp, coef_t cf) {
     const int64_t nb = (cols + BLOCK - 1) / BLOCK;
     const int64_t base = row * cols + j * BLOCK;
     const int64_t len = cols - j * BLOCK < BLOCK ? cols - j * BLOCK : BLOCK;
@@ -105,7 +108,7 @@ static void run_block(const conf_t *c, int64_t k, int64_t row, int64_t j, int64_
     const uint32_t key = mix32(c->seed_lo ^ mix32(c->seed_hi + (uint32_t)k * 0x9e3779b9u));
 
     /* decode */
-    if (c->fmt == FMT_INT8) {
+    if (fmt == FMT_INT8) {
         const int8_t *mc = (const int8_t *)mq + base, *vc = (const int8_t *)vq + base;
         const uint8_t *nc = (const uint8_t *)nq + base;
         const float fm = ms[sidx] / 16129.0f, fv = vs[sidx] / 16129.0f, fn = ns[sidx] / 4228250625.0f;
@@ -116,7 +119,7 @@ static void run_block(const conf_t *c, int64_t k, int64_t row, int64_t j, int64_
             const float qn2 = qn * qn;
             n[i] = qn2 * qn2 * fn;
         }
-    } else if (c->fmt == FMT_BF16) {
+    } else if (fmt == FMT_BF16) {
         const uint16_t *mb = (const uint16_t *)mq + base, *vb = (const uint16_t *)vq + base,
                        *nb16 = (const uint16_t *)nq + base;
         for (int64_t i = 0; i < len; ++i) {
@@ -129,51 +132,56 @@ static void run_block(const conf_t *c, int64_t k, int64_t row, int64_t j, int64_
         memcpy(v, (const float *)vq + base, (size_t)len * sizeof(float));
         memcpy(n, (const float *)nq + base, (size_t)len * sizeof(float));
     }
-    if (c->fmt != FMT_F32 || c->param_update == PU_STOCHASTIC) {
-        for (int64_t i = 0; i < len; ++i) {
-            r1[i] = mix32(key ^ (uint32_t)(2 * (base + i)));
-            r2[i] = mix32(key ^ (uint32_t)(2 * (base + i) + 1));
-        }
+    if (fmt == FMT_BF16) {
+        for (int64_t i = 0; i < len; ++i) r1[i] = mix32(key ^ (uint32_t)(2 * (base + i)));
+    }
+    if (fmt != FMT_F32 || pu == PU_STOCHASTIC) {
+        for (int64_t i = 0; i < len; ++i) r2[i] = mix32(key ^ (uint32_t)(2 * (base + i) + 1));
     }
 
     /* update (the maths of adan_cpu.c, in float) */
     float amax_m = 0.0f, amax_v = 0.0f, max_n = 0.0f;
+    const float b1 = c->b1, b2 = c->b2, b3 = c->b3, omb1 = c->omb1, omb2 = c->omb2, omb3 = c->omb3;
+    const float gm = c->gm, eps = c->eps, pre = c->pre, post = c->post;
+    const float a1 = cf.a1, a2 = cf.a2, c3 = cf.c3, keep = cf.keep_diff;
     for (int64_t i = 0; i < len; ++i) {
         const int64_t e = base + i;
-        const float gi = load_param(grad, c->pdtype, e) * c->gm;
-        const float prev = negf ? negf[e] : bf16_to_f32(neg16[e]);
-        const float d = (gi + prev) * cf.keep_diff;
-        const float mi = c->b1 * m[i] + c->omb1 * gi;
-        const float vi = c->b2 * v[i] + c->omb2 * d;
-        const float u = gi + c->b2 * d;
-        const float ni = c->b3 * n[i] + c->omb3 * (u * u);
-        const float denom = sqrtf(ni) * cf.c3 + c->eps;
-        float pi = load_param(param, c->pdtype, e);
-        if (c->param_update == PU_KAHAN && c->pdtype != DT_F32) pi += load_param(comp, c->pdtype, e);
-        pi = (pi * c->pre - (cf.a1 * mi + cf.a2 * vi) / denom) * c->post;
+        const float gi = load_param(grad, pdtype, e) * gm;
+        const float prev = fmt == FMT_F32 ? negf[e] : bf16_to_f32(neg16[e]);
+        const float d = (gi + prev) * keep;
+        const float mi = b1 * m[i] + omb1 * gi;
+        const float vi = b2 * v[i] + omb2 * d;
+        const float u = gi + b2 * d;
+        const float ni = b3 * n[i] + omb3 * (u * u);
+        const float denom = sqrtf(ni) * c3 + eps;
+        float pi = load_param(param, pdtype, e);
+        if (pu == PU_KAHAN && pdtype != DT_F32) pi += load_param(comp, pdtype, e);
+        pi = (pi * pre - (a1 * mi + a2 * vi) / denom) * post;
         m[i] = mi;
         v[i] = vi;
         n[i] = ni;
         g[i] = gi;
-        amax_m = fmaxf(amax_m, fabsf(mi));
-        amax_v = fmaxf(amax_v, fabsf(vi));
-        max_n = fmaxf(max_n, ni);
-        if (c->param_update == PU_KAHAN && c->pdtype != DT_F32) {
-            store_param(param, c->pdtype, e, pi, PU_NEAREST, 0);
-            store_param(comp, c->pdtype, e, pi - load_param(param, c->pdtype, e), PU_NEAREST, 0);
+        if (fmt == FMT_INT8) { /* ternaries, not fmaxf: a libm call here stops vectorisation */
+            amax_m = fabsf(mi) > amax_m ? fabsf(mi) : amax_m;
+            amax_v = fabsf(vi) > amax_v ? fabsf(vi) : amax_v;
+            max_n = ni > max_n ? ni : max_n;
+        }
+        if (pu == PU_KAHAN && pdtype != DT_F32) {
+            store_param(param, pdtype, e, pi, PU_NEAREST, 0);
+            store_param(comp, pdtype, e, pi - load_param(param, pdtype, e), PU_NEAREST, 0);
         } else {
-            store_param(param, c->pdtype, e, pi, c->param_update,
-                        c->param_update == PU_STOCHASTIC ? r2[i] >> 16 : 0u);
+            store_param(param, pdtype, e, pi, pu,
+                        pu == PU_STOCHASTIC ? r2[i] >> 16 : 0u);
         }
     }
 
     /* encode */
-    if (negf) {
+    if (fmt == FMT_F32) {
         for (int64_t i = 0; i < len; ++i) negf[base + i] = -g[i];
     } else {
         for (int64_t i = 0; i < len; ++i) neg16[base + i] = f32_to_bf16_sr(-g[i], r2[i] & 0xffffu);
     }
-    if (c->fmt == FMT_INT8) {
+    if (fmt == FMT_INT8) {
         int8_t *mc = (int8_t *)mq + base, *vc = (int8_t *)vq + base;
         uint8_t *nc = (uint8_t *)nq + base;
         const float im = amax_m > 0.0f ? 1.0f / amax_m : 0.0f, iv = amax_v > 0.0f ? 1.0f / amax_v : 0.0f,
@@ -185,12 +193,12 @@ static void run_block(const conf_t *c, int64_t k, int64_t row, int64_t j, int64_
             const float qm = floorf(sqrtf(fabsf(m[i]) * im) * 127.0f + 0.5f);
             const float qv = floorf(sqrtf(fabsf(v[i]) * iv) * 127.0f + 0.5f);
             float qn = floorf(sqrtf(sqrtf(n[i] * in)) * 255.0f + 0.5f);
-            if (qn < 1.0f && n[i] > 0.0f) qn = 1.0f;
+            qn = n[i] > 0.0f && qn < 1.0f ? 1.0f : qn;
             mc[i] = (int8_t)(m[i] < 0.0f ? -qm : qm);
             vc[i] = (int8_t)(v[i] < 0.0f ? -qv : qv);
             nc[i] = (uint8_t)qn;
         }
-    } else if (c->fmt == FMT_BF16) {
+    } else if (fmt == FMT_BF16) {
         uint16_t *mb = (uint16_t *)mq + base, *vb = (uint16_t *)vq + base, *nb16 = (uint16_t *)nq + base;
         for (int64_t i = 0; i < len; ++i) {
             mb[i] = f32_to_bf16_sr(m[i], r1[i] & 0xffffu);
@@ -201,6 +209,30 @@ static void run_block(const conf_t *c, int64_t k, int64_t row, int64_t j, int64_
         memcpy((float *)mq + base, m, (size_t)len * sizeof(float));
         memcpy((float *)vq + base, v, (size_t)len * sizeof(float));
         memcpy((float *)nq + base, n, (size_t)len * sizeof(float));
+    }
+}
+
+#define BLOCK_ARGS c, k, row, j, cols, param, grad, mq, vq, nq, neg16, negf, ms, vs, ns, comp, cf
+#define PU_CASES(PD, F)                                                                       \
+    switch (c->param_update) {                                                                \
+    case PU_NEAREST: block_impl(PD, F, PU_NEAREST, BLOCK_ARGS); return;                        \
+    case PU_STOCHASTIC: block_impl(PD, F, PU_STOCHASTIC, BLOCK_ARGS); return;                  \
+    default: block_impl(PD, F, PU_KAHAN, BLOCK_ARGS); return;                                  \
+    }
+#define FMT_CASES(PD)                                                                         \
+    switch (c->fmt) {                                                                         \
+    case FMT_F32: PU_CASES(PD, FMT_F32);                                                      \
+    case FMT_BF16: PU_CASES(PD, FMT_BF16);                                                    \
+    default: PU_CASES(PD, FMT_INT8);                                                          \
+    }
+
+static void run_block(const conf_t *c, int64_t k, int64_t row, int64_t j, int64_t cols, void *param,
+                      const void *grad, void *mq, void *vq, void *nq, uint16_t *neg16, float *negf,
+                      float *ms, float *vs, float *ns, void *comp, coef_t cf) {
+    switch (c->pdtype) {
+    case DT_F32: FMT_CASES(DT_F32);
+    case DT_BF16: FMT_CASES(DT_BF16);
+    default: FMT_CASES(DT_F16);
     }
 }
 
