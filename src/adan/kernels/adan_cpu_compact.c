@@ -161,11 +161,6 @@ static inline __attribute__((always_inline)) void block_impl(
         v[i] = vi;
         n[i] = ni;
         g[i] = gi;
-        if (fmt == FMT_INT8) { /* ternaries, not fmaxf: a libm call here stops vectorisation */
-            amax_m = fabsf(mi) > amax_m ? fabsf(mi) : amax_m;
-            amax_v = fabsf(vi) > amax_v ? fabsf(vi) : amax_v;
-            max_n = ni > max_n ? ni : max_n;
-        }
         if (pu == PU_KAHAN && pdtype != DT_F32) {
             store_param(param, pdtype, e, pi, PU_NEAREST, 0);
             store_param(comp, pdtype, e, pi - load_param(param, pdtype, e), PU_NEAREST, 0);
@@ -182,6 +177,14 @@ static inline __attribute__((always_inline)) void block_impl(
         for (int64_t i = 0; i < len; ++i) neg16[base + i] = f32_to_bf16_sr(-g[i], r2[i] & 0xffffu);
     }
     if (fmt == FMT_INT8) {
+        /* The block maxima, in a loop of their own: in the update loop they would keep it
+         * scalar, and fmaxf would be a libm call per element. */
+#pragma omp simd reduction(max : amax_m, amax_v, max_n)
+        for (int64_t i = 0; i < len; ++i) {
+            amax_m = fabsf(m[i]) > amax_m ? fabsf(m[i]) : amax_m;
+            amax_v = fabsf(v[i]) > amax_v ? fabsf(v[i]) : amax_v;
+            max_n = n[i] > max_n ? n[i] : max_n;
+        }
         int8_t *mc = (int8_t *)mq + base, *vc = (int8_t *)vq + base;
         uint8_t *nc = (uint8_t *)nq + base;
         const float im = amax_m > 0.0f ? 1.0f / amax_m : 0.0f, iv = amax_v > 0.0f ? 1.0f / amax_v : 0.0f,
