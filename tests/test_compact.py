@@ -297,3 +297,35 @@ def test_per_group_state_dtype():
     _train(opt, model, 2)
     assert opt.state[model[0].weight]["exp_avg"].dtype == torch.int8
     assert opt.state[model[2].weight]["exp_avg"].dtype == torch.float32
+
+
+@pytest.mark.parametrize("fmt", ["bfloat16", "int8"])
+def test_compact_step_compiles_as_one_graph(fmt):
+    """No host sync in the compact update: torch.compile(fullgraph=True) takes the step whole."""
+    torch._dynamo.reset()
+    model = _model()
+    opt = Adan(model.parameters(), lr=3e-3, weight_decay=0.02, max_grad_norm=1.0, state_dtype=fmt, param_update="stochastic")
+    _train(opt, model, 1)  # state creation, eagerly
+    step = torch.compile(opt.step, fullgraph=True)
+    x, y = _data()
+    for _ in range(3):
+        opt.zero_grad(set_to_none=True)
+        torch.nn.functional.mse_loss(model(x), y).backward()
+        step()
+    w = opt.state[model[0].weight]
+    assert w["step"] == 4 and C.state_format(w["exp_avg"]) == fmt
+    assert torch.isfinite(model[0].weight).all()
+
+
+def test_grad_scaler_inf_skips_the_compact_fused_step():
+    if "fused" not in PATHS:
+        pytest.skip("no C compiler")
+    model = _model()
+    opt = Adan(model.parameters(), lr=3e-3, state_dtype="int8", fused=True)
+    _train(opt, model, 2)
+    before = {k: v.clone() for k, v in opt.state[model[0].weight].items()}
+    weight = model[0].weight.detach().clone()
+    opt.grad_scale, opt.found_inf = torch.tensor(1024.0), torch.tensor(1.0)
+    opt.step()
+    assert torch.equal(model[0].weight, weight)
+    assert all(torch.equal(v, before[k]) for k, v in opt.state[model[0].weight].items())

@@ -23,7 +23,7 @@ from typing import Optional, Union
 import torch
 from torch import Tensor
 
-from adan._compact import block_layout
+from adan._compact import block_layout, full_dtype
 from adan._native import BuildError, load_library
 
 __all__ = ["fused_available", "state_dtype_for"]
@@ -39,9 +39,8 @@ _cpu_error: Optional[str] = None
 _warned = False
 
 
-def state_dtype_for(param_dtype: torch.dtype) -> torch.dtype:
-    """bfloat16/float16 parameters keep float32 moments; others their own dtype."""
-    return torch.float32 if param_dtype in _LOW_PRECISION else param_dtype
+# bfloat16/float16 parameters keep float32 moments; others their own dtype.
+state_dtype_for = full_dtype
 
 
 def _load_cpu() -> Optional[ctypes.CDLL]:

@@ -27,6 +27,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "adan_bf16.h"
 #include "parallel_slices.h"
 
 enum { DT_F32 = 0, DT_F64 = 1, DT_BF16 = 2, DT_F16 = 3 };
@@ -34,21 +35,6 @@ enum { DT_F32 = 0, DT_F64 = 1, DT_BF16 = 2, DT_F16 = 3 };
 typedef struct {
     double a1, a2, c3, keep_diff; /* keep_diff = 0 at t == 1: the previous gradient is g */
 } coef_t;
-
-static inline float bf16_to_f32(uint16_t h) {
-    uint32_t u = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &u, sizeof f);
-    return f;
-}
-
-static inline uint16_t f32_to_bf16(float f) { /* round to nearest even, NaN kept quiet */
-    uint32_t u;
-    memcpy(&u, &f, sizeof u);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40u);
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return (uint16_t)(u >> 16);
-}
 
 #define ADAN_LOOP(T, SQRT, PT, LOAD, STORE)                                                   \
     do {                                                                                      \

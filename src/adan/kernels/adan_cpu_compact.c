@@ -26,6 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "adan_bf16.h"
 #include "parallel_slices.h"
 
 #define BLOCK 256
@@ -33,28 +34,6 @@
 enum { DT_F32 = 0, DT_BF16 = 2, DT_F16 = 3 };
 enum { FMT_F32 = 0, FMT_BF16 = 1, FMT_INT8 = 2 };
 enum { PU_NEAREST = 0, PU_STOCHASTIC = 1, PU_KAHAN = 2 };
-
-static inline float bf16_to_f32(uint16_t h) {
-    uint32_t u = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &u, sizeof f);
-    return f;
-}
-
-static inline uint16_t f32_to_bf16(float f) { /* round to nearest even, NaN kept quiet */
-    uint32_t u;
-    memcpy(&u, &f, sizeof u);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40u);
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return (uint16_t)(u >> 16);
-}
-
-static inline uint16_t f32_to_bf16_sr(float f, uint32_t noise16) { /* stochastic rounding */
-    uint32_t u;
-    memcpy(&u, &f, sizeof u);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40u);
-    return (uint16_t)((u + noise16) >> 16);
-}
 
 static inline uint32_t mix32(uint32_t x) { /* a 32-bit integer hash (lowbias32) */
     x ^= x >> 16;
