@@ -262,9 +262,12 @@ def _launch_cpu_compact(
         raise RuntimeError(f"fused Adan CPU compact kernel failed with code {rc}")
 
 
+_COMPACT_STATE = {torch.int8, torch.bfloat16}  # exp_avg dtypes of the compact formats
+
+
 def _is_compact(p: Tensor, m: Tensor, param_update: str) -> bool:
     """State in a compact format, or a low-precision parameter not rounded to nearest."""
-    return m.dtype in (torch.int8, torch.bfloat16) or (param_update != "nearest" and p.dtype in _LOW_PRECISION)
+    return m.dtype in _COMPACT_STATE or (param_update != "nearest" and p.dtype in _LOW_PRECISION)
 
 
 def _fused_impl(
@@ -355,7 +358,9 @@ def _fused_adan(
     if not params:
         return
     scalars = _scalars(lr, clip_coef, maximize, grad_scale, found_inf, params[0].device)
-    compact = [i for i, (p, m) in enumerate(zip(params, exp_avgs)) if _is_compact(p, m, param_update)]
+    compact = []  # checked per tensor only when some state is compact: this runs every step
+    if param_update != "nearest" or not _COMPACT_STATE.isdisjoint({m.dtype for m in exp_avgs}):
+        compact = [i for i, (p, m) in enumerate(zip(params, exp_avgs)) if _is_compact(p, m, param_update)]
     if compact:
         lists = [params, grads, exp_avgs, exp_avg_diffs, exp_avg_sqs, neg_pre_grads, state_steps]
         _fused_compact(

@@ -679,12 +679,9 @@ def _per_tensor(lists, coefs: tuple[Tensor, ...], indices, kwargs) -> None:
 
 def _compact_indices(params: list[Tensor], exp_avgs: list[Tensor], param_update: str) -> list[int]:
     """Tensors whose state is compact, or whose low-precision parameter is not rounded to nearest."""
-    rounding = param_update != "nearest"
-    return [
-        i for i, (p, m) in enumerate(zip(params, exp_avgs))
-        if m.dtype in (torch.int8, torch.bfloat16) and p.dtype != torch.bfloat16 or m.dtype == torch.int8
-        or (m.dtype == torch.bfloat16 and p.dtype == torch.bfloat16) or (rounding and p.dtype in LOW_PRECISION)
-    ]  # fmt: skip
+    if param_update == "nearest" and _fused._COMPACT_STATE.isdisjoint({m.dtype for m in exp_avgs}):
+        return []
+    return [i for i, (p, m) in enumerate(zip(params, exp_avgs)) if _fused._is_compact(p, m, param_update)]
 
 
 def _row_chunks(t: Tensor):
