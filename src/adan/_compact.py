@@ -16,9 +16,10 @@ float32 parameter, twice AdamW's. ``Adan(state_dtype=...)`` stores them in one o
     rounded). About 5.05 bytes per parameter. Tensors with fewer than :data:`MIN_INT8_NUMEL`
     elements keep float32 state, as bitsandbytes and torchao do.
 
-The update itself is written once (``_adan_lists`` in :mod:`adan.optimizer` for the torch
-paths, ``kernels/adan_cpu_compact.c`` for the fused CPU kernel): a format only says how the
-buffers are decoded to float32 before it and encoded after it.
+The update itself is written once per backend (``_adan_lists`` in :mod:`adan.optimizer`
+for the torch paths, ``kernels/adan_cpu_compact.c`` for the fused CPU kernel,
+``kernels/adan_triton_compact.py`` for CUDA): a format only says how the buffers are
+decoded to float32 before it and encoded after it.
 
 **Block layout.** A tensor is viewed as ``rows x cols`` with ``rows = shape[0]`` (1 for 0-
 and 1-D tensors) and ``cols = numel / rows``; a block is up to ``BLOCK`` consecutive

@@ -389,21 +389,23 @@ def _fused_adan(
 def _fused_compact(
     lists: list[list[Tensor]], state_scales, param_comps, param_update: str, scalars: Tensor, hparams, amp: bool
 ) -> None:
-    """Compact tensors: one compact-kernel call per (parameter dtype, state format) on the CPU.
+    """Compact tensors: one compact-kernel call per (parameter dtype, state format) on the CPU,
+    the Triton compact kernel on CUDA.
 
-    Elsewhere (CUDA has no compact kernel yet) and under ``torch.compile`` they take the
-    torch ops of the single-tensor path, which trace.
+    Under ``torch.compile``, or on CUDA without Triton, they take the torch ops of the
+    single-tensor path, which trace.
     """
     params, _, exp_avgs = lists[:3]
-    if torch.compiler.is_compiling() or any(not p.is_cpu for p in params):
+    on_cpu = all(p.is_cpu for p in params)
+    on_cuda = not on_cpu and all(p.is_cuda for p in params) and _triton_available()
+    if torch.compiler.is_compiling() or not (on_cpu or on_cuda):
         from adan.optimizer import _single_tensor_adan
 
         if amp:
             raise RuntimeError(
                 "fused Adan: compact state (state_dtype != 'float32' or param_update != 'nearest') with a GradScaler "
-                "is supported by the CPU kernel in eager mode only"
+                "is supported by the fused kernels in eager mode only"
             )
-
         beta1, beta2, beta3, eps, weight_decay, no_prox = hparams
         lr, mult = scalars[0], scalars[1]
         _single_tensor_adan(
@@ -415,11 +417,15 @@ def _fused_compact(
         return
     buckets: dict[tuple, list[int]] = {}
     for i, (p, m) in enumerate(zip(params, exp_avgs)):
-        buckets.setdefault((p.dtype, m.dtype), []).append(i)
-    for idx in buckets.values():
-        _launch_cpu_compact(
+        buckets.setdefault((p.device, p.dtype, m.dtype), []).append(i)
+    for (device, _, _), idx in buckets.items():
+        if device.type == "cuda":
+            from adan.kernels.adan_triton_compact import launch_triton_compact as launch
+        else:
+            launch = _launch_cpu_compact
+        launch(
             *([lst[i] for i in idx] for lst in lists),
             None if state_scales is None else [state_scales[i] for i in idx],
             None if param_comps is None else [param_comps[i] for i in idx],
-            param_update, scalars, *hparams,
+            param_update, scalars.to(device), *hparams,
         )  # fmt: skip

@@ -72,6 +72,20 @@ def _adan_kernel(
         tl.store(p_ptr + offs, p.to(p_ptr.dtype.element_ty), mask=mask)
 
 
+def step_coefficients(
+    state_steps: list[Tensor], scalars: Tensor, beta1: float, beta2: float, beta3: float, device: torch.device
+) -> Tensor:
+    """Steps += 1 (unless found_inf), then per tensor ``[lr/(1-b1^t), lr b2/(1-b2^t),
+    1/sqrt(1-b3^t), t != 1]`` in float64 on ``device``: tensor arithmetic, no host sync."""
+    not_inf = (scalars[2] == 0).to(state_steps[0].dtype)
+    torch._foreach_add_(state_steps, [not_inf.to(s.device) for s in state_steps])
+    t = torch.stack(state_steps).to(device=device, dtype=torch.float64)
+    lr = scalars[0]
+    return torch.stack(
+        [lr / (1 - beta1**t), lr * beta2 / (1 - beta2**t), (1 - beta3**t).rsqrt(), (t != 1).to(torch.float64)], dim=1
+    ).contiguous()
+
+
 def launch_triton(
     params: list[Tensor],
     grads: list[Tensor],
@@ -93,14 +107,7 @@ def launch_triton(
     if any(not p.is_contiguous() for p in params):
         raise ValueError("fused Adan needs contiguous parameters (use foreach=True for strided ones)")
     grads = [g if g.dtype == p.dtype and g.is_contiguous() else g.to(p.dtype).contiguous() for p, g in zip(params, grads)]
-    # Steps: +1 unless found_inf; coefficients in float64, all on the device.
-    not_inf = (scalars[2] == 0).to(state_steps[0].dtype)
-    torch._foreach_add_(state_steps, [not_inf.to(s.device) for s in state_steps])
-    t = torch.stack(state_steps).to(device=device, dtype=torch.float64)
-    lr = scalars[0]
-    coefs = torch.stack(
-        [lr / (1 - beta1**t), lr * beta2 / (1 - beta2**t), (1 - beta3**t).rsqrt(), (t != 1).to(torch.float64)], dim=1
-    ).contiguous()
+    coefs = step_coefficients(state_steps, scalars, beta1, beta2, beta3, device)
     compute_f64 = params[0].dtype == torch.float64
     hp = [_bits(beta1), _bits(beta2), _bits(beta3), _bits(eps), _bits(weight_decay)]
     for k, p in enumerate(params):
