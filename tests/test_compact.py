@@ -133,6 +133,11 @@ def test_state_layout_bytes_and_small_tensor_fallback():
             assert all(w[k].dtype == torch.bfloat16 for k in ("exp_avg", "exp_avg_diff", "exp_avg_sq", "neg_pre_grad"))
             assert b["exp_avg"].dtype == torch.bfloat16
         big.zero_grad()
+    column = torch.zeros(4096, 1, requires_grad=True)  # rows of one element: a scale each would cost more
+    opt = Adan([column], state_dtype="int8")
+    column.grad = torch.ones_like(column)
+    opt.step()
+    assert opt.state[column]["exp_avg"].dtype == torch.float32
     p64 = torch.zeros(5000, dtype=torch.float64, requires_grad=True)
     opt = Adan([p64], state_dtype="int8")
     p64.grad = torch.ones_like(p64)

@@ -14,7 +14,9 @@ float32 parameter, twice AdamW's. ``Adan(state_dtype=...)`` stores them in one o
     m and v as signed 8-bit codes, n as unsigned 8-bit codes, each with one float32 scale
     per block of :data:`BLOCK` values; the previous gradient in bfloat16 (stochastically
     rounded). About 5.05 bytes per parameter. Tensors with fewer than :data:`MIN_INT8_NUMEL`
-    elements keep float32 state, as bitsandbytes and torchao do.
+    elements keep float32 state, as bitsandbytes and torchao do, and so do tensors whose rows
+    (see below) are narrower than :data:`MIN_INT8_COLS`: a (4096, 1) column would otherwise
+    pay a scale per element.
 
 The update itself is written once per backend (``_adan_lists`` in :mod:`adan.optimizer`
 for the torch paths, ``kernels/adan_cpu_compact.c`` for the fused CPU kernel,
@@ -67,6 +69,7 @@ __all__ = [
 
 BLOCK = 256
 MIN_INT8_NUMEL = 4096
+MIN_INT8_COLS = 16  # narrower rows would pay more for their scales than they save
 STATE_DTYPES = ("float32", "bfloat16", "int8")
 PARAM_UPDATES = ("nearest", "stochastic", "kahan")
 LOW_PRECISION = (torch.bfloat16, torch.float16)
@@ -170,8 +173,9 @@ def _is_dtensor(p: Tensor) -> bool:
 
 
 def int8_eligible(p: Tensor) -> bool:
-    """Large enough, and (for DTensors) sharded by rows so that blocks never straddle ranks."""
-    if p.numel() < MIN_INT8_NUMEL or p.dtype == torch.float64:
+    """Large enough, rows wide enough, and (for DTensors) sharded by rows so that blocks never
+    straddle ranks."""
+    if p.numel() < MIN_INT8_NUMEL or p.dtype == torch.float64 or block_layout(p.shape)[1] < MIN_INT8_COLS:
         return False
     if _is_dtensor(p):
         from torch.distributed.tensor.placement_types import Replicate, Shard
