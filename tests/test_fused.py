@@ -277,3 +277,24 @@ def test_triton_compact_kernel_under_the_interpreter_matches_the_cpu_compact_ker
         limit = {"bfloat16/torch.float32/nearest": 2e-3, "float32/torch.bfloat16/stochastic": 2e-2}.get(key, 2e-4)
         assert err < limit, (key, err)
         assert merr < (2e-2 if key.startswith("bfloat16") else 1e-5), (key, merr)
+
+
+@pytest.mark.skipif(not fused_available("cpu"), reason="no C compiler")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("state_dtype", ["float32", "int8"])
+@pytest.mark.parametrize("weight_decay", [0.3, 2 / 3])
+def test_fused_rounds_every_low_precision_value_like_torch(dtype, state_dtype, weight_decay):
+    """Every one of the 65536 bit patterns as a parameter, a zero gradient: the step is the
+    proximal decay ``p / (1 + lr wd)`` in float32, then rounding to nearest, which must match
+    torch's conversion bit for bit (subnormals, infinities and NaNs included). With
+    ``wd = 2/3`` the factor is 0.75, whose products fall exactly half-way between two
+    low-precision values a quarter of the time: the ties must go to even."""
+    p = torch.arange(-32768, 32768, dtype=torch.int32).to(torch.int16).view(dtype).clone().requires_grad_()
+    post = torch.tensor(1 / (1 + 0.5 * weight_decay), dtype=torch.float32)
+    expected = (p.detach().float() * post).to(dtype)
+    opt = Adan([p], lr=0.5, weight_decay=weight_decay, fused=True, state_dtype=state_dtype)
+    p.grad = torch.zeros_like(p)
+    opt.step()
+    nan = expected.isnan()
+    assert torch.equal(p.detach().view(torch.int16)[~nan], expected.view(torch.int16)[~nan])
+    assert p.detach()[nan].isnan().all()

@@ -28,6 +28,7 @@
 #include <string.h>
 
 #include "adan_bf16.h"
+#include "adan_f16.h"
 #include "parallel_slices.h"
 
 enum { DT_F32 = 0, DT_F64 = 1, DT_BF16 = 2, DT_F16 = 3 };
@@ -68,8 +69,8 @@ typedef struct {
     } while (0)
 
 #define IDENT(x) (x)
-#define F16_LOAD(x) ((float)(x))
-#define F16_STORE(x) ((_Float16)(x))
+#define F16_LOAD(x) f16_to_f32(x)
+#define F16_STORE(x) f32_to_f16(x)
 
 static void run_range(int32_t dtype, int64_t k, int64_t lo, int64_t hi, void *const *params,
                       const void *const *grads, void *const *exp_avgs, void *const *exp_avg_diffs,
@@ -80,7 +81,7 @@ static void run_range(int32_t dtype, int64_t k, int64_t lo, int64_t hi, void *co
     case DT_F32: ADAN_LOOP(float, sqrtf, float, IDENT, IDENT); break;
     case DT_F64: ADAN_LOOP(double, sqrt, double, IDENT, IDENT); break;
     case DT_BF16: ADAN_LOOP(float, sqrtf, uint16_t, bf16_to_f32, f32_to_bf16); break;
-    case DT_F16: ADAN_LOOP(float, sqrtf, _Float16, F16_LOAD, F16_STORE); break;
+    case DT_F16: ADAN_LOOP(float, sqrtf, uint16_t, F16_LOAD, F16_STORE); break;
     }
 }
 

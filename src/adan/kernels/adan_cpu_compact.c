@@ -27,6 +27,7 @@
 #include <string.h>
 
 #include "adan_bf16.h"
+#include "adan_f16.h"
 #include "parallel_slices.h"
 
 #define BLOCK 256
@@ -47,7 +48,7 @@ static inline uint32_t mix32(uint32_t x) { /* a 32-bit integer hash (lowbias32) 
 static inline float load_param(const void *p, int32_t dtype, int64_t i) {
     switch (dtype) {
     case DT_BF16: return bf16_to_f32(((const uint16_t *)p)[i]);
-    case DT_F16: return (float)((const _Float16 *)p)[i];
+    case DT_F16: return f16_to_f32(((const uint16_t *)p)[i]);
     default: return ((const float *)p)[i];
     }
 }
@@ -57,7 +58,7 @@ static inline void store_param(void *p, int32_t dtype, int64_t i, float x, int32
     case DT_BF16:
         ((uint16_t *)p)[i] = mode == PU_STOCHASTIC ? f32_to_bf16_sr(x, noise16) : f32_to_bf16(x);
         break;
-    case DT_F16: ((_Float16 *)p)[i] = (_Float16)x; break;
+    case DT_F16: ((uint16_t *)p)[i] = f32_to_f16(x); break;
     default: ((float *)p)[i] = x;
     }
 }
@@ -140,9 +141,11 @@ static inline __attribute__((always_inline)) void block_impl(
         v[i] = vi;
         n[i] = ni;
         g[i] = gi;
-        if (pu == PU_KAHAN && pdtype != DT_F32) {
-            store_param(param, pdtype, e, pi, PU_NEAREST, 0);
-            store_param(comp, pdtype, e, pi - load_param(param, pdtype, e), PU_NEAREST, 0);
+        if (pu == PU_KAHAN && pdtype != DT_F32) { /* keep the residual (no reload: it vectorises) */
+            const uint16_t h = pdtype == DT_BF16 ? f32_to_bf16(pi) : f32_to_f16(pi);
+            const float back = pdtype == DT_BF16 ? bf16_to_f32(h) : f16_to_f32(h);
+            ((uint16_t *)param)[e] = h;
+            ((uint16_t *)comp)[e] = pdtype == DT_BF16 ? f32_to_bf16(pi - back) : f32_to_f16(pi - back);
         } else {
             store_param(param, pdtype, e, pi, pu,
                         pu == PU_STOCHASTIC ? r2[i] >> 16 : 0u);
