@@ -70,7 +70,7 @@ class CompiledStep:
         self.step = torch.compile(self.opt.step)
 
 
-def make_case(name: str) -> list[torch.Tensor]:
+def make_case(name: str, dtype: torch.dtype = torch.float32) -> list[torch.Tensor]:
     g = torch.Generator().manual_seed(0)
     if name == "large":
         shapes = []
@@ -80,7 +80,7 @@ def make_case(name: str) -> list[torch.Tensor]:
         shapes = [(1000,)] * 1000
     else:
         raise ValueError(f"unknown case {name!r}")
-    return [torch.randn(s, generator=g) for s in shapes]
+    return [torch.randn(s, generator=g).to(dtype) for s in shapes]
 
 
 def contenders(case: str) -> dict[str, Callable[[list[torch.nn.Parameter]], torch.optim.Optimizer]]:
@@ -120,12 +120,14 @@ def state_bytes_per_param(opt, params: list[torch.Tensor]) -> float:
     return sum(t.numel() * t.element_size() for t in tensors) / sum(p.numel() for p in params)
 
 
-def bench_case(case: str, threads: int, reps: int, warmup: int = 2) -> dict[str, tuple[float, float]]:
+def bench_case(case: str, threads: int, reps: int, warmup: int = 2, dtype: torch.dtype = torch.float32) -> dict[str, tuple[float, float]]:
     torch.set_num_threads(threads)
-    values = make_case(case)
+    values = make_case(case, dtype)
     grads = [torch.randn_like(v) * 1e-2 for v in values]
     runs = {}
     for name, factory in contenders(case).items():
+        if factory is FloorStep and dtype != torch.float32:
+            continue  # the floor kernel reads float32 arrays
         params = [torch.nn.Parameter(v.clone()) for v in values]
         for p, g in zip(params, grads):
             p.grad = g
@@ -148,6 +150,7 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=11)
     parser.add_argument("--only", nargs="*", help="names of the implementations to run (besides the two baselines)")
     parser.add_argument("--compile-foreach", action="store_true", help="add a compiled foreach step (slow to compile)")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="parameter dtype")
     args = parser.parse_args()
     global COMPILE_FOREACH
     COMPILE_FOREACH = args.compile_foreach
@@ -157,15 +160,18 @@ def main() -> None:
         full = contenders
         contenders = lambda case: {k: v for k, v in full(case).items() if keep(k)}
 
-    print(f"torch {torch.__version__}, adan {adan.__version__}, reps {args.reps} (medians)\n")
+    dtype = getattr(torch, args.dtype)
+    print(f"torch {torch.__version__}, adan {adan.__version__}, {args.dtype} parameters, reps {args.reps} (medians)\n")
     print("| case | threads | implementation | state B/param | median ms | x fused AdamW | x floor |")
     print("|---|---:|---|---:|---:|---:|---:|")
     for case in args.cases:
         for threads in args.threads:
-            medians = bench_case(case, threads, args.reps)
-            base, floor = medians["torch AdamW fused"][0], medians["floor (reads 6, writes 5)"][0]
+            medians = bench_case(case, threads, args.reps, dtype=dtype)
+            base = medians["torch AdamW fused"][0]
+            floor = medians.get("floor (reads 6, writes 5)", (None,))[0]
             for name, (t, nbytes) in medians.items():
-                print(f"| {case} | {threads} | {name} | {nbytes:.2f} | {t * 1e3:.2f} | {t / base:.2f} | {t / floor:.2f} |", flush=True)
+                vs_floor = f"{t / floor:.2f}" if floor else "–"
+                print(f"| {case} | {threads} | {name} | {nbytes:.2f} | {t * 1e3:.2f} | {t / base:.2f} | {vs_floor} |", flush=True)
 
 
 if __name__ == "__main__":
