@@ -334,3 +334,14 @@ def test_grad_scaler_inf_skips_the_compact_fused_step():
     opt.step()
     assert torch.equal(model[0].weight, weight)
     assert all(torch.equal(v, before[k]) for k, v in opt.state[model[0].weight].items())
+
+
+def test_compact_state_example_runs():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "examples" / "compact_state.py"
+    out = subprocess.run([sys.executable, str(script), "--steps", "10"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "int8 state" in out.stdout and "exp_avg is torch.int8" in out.stdout
