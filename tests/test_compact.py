@@ -345,3 +345,21 @@ def test_compact_state_example_runs():
     out = subprocess.run([sys.executable, str(script), "--steps", "10"], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "int8 state" in out.stdout and "exp_avg is torch.int8" in out.stdout
+
+
+@pytest.mark.parametrize("path", list(PATHS))
+def test_strided_gradients_with_compact_state(path):
+    """A gradient laid out differently from its (contiguous) parameter gives the same step."""
+    results = []
+    for strided in (False, True):
+        torch.manual_seed(0)
+        p = torch.randn(300, 400, requires_grad=True)  # 120k elements: sliced into several chunks
+        opt = Adan([p], lr=1e-2, state_dtype="int8", **PATHS[path])
+        g = torch.Generator().manual_seed(1)
+        for _ in range(3):
+            grad = torch.randn(400, 300, generator=g).t()
+            p.grad = grad if strided else grad.contiguous()
+            torch.manual_seed(5)  # the same stochastic-rounding bits for both layouts
+            opt.step()
+        results.append(p.detach().clone())
+    assert torch.equal(results[0], results[1])

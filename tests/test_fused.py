@@ -298,3 +298,25 @@ def test_fused_rounds_every_low_precision_value_like_torch(dtype, state_dtype, w
     nan = expected.isnan()
     assert torch.equal(p.detach().view(torch.int16)[~nan], expected.view(torch.int16)[~nan])
     assert p.detach()[nan].isnan().all()
+
+
+@pytest.mark.skipif(not fused_available("cpu"), reason="no C compiler")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_fused_takes_strided_gradients(dtype):
+    """A transposed or broadcast gradient of a contiguous parameter: the kernel reads flat
+    arrays, so such a gradient must be made contiguous first (``Tensor.to(memory_format=...)``
+    returns a strided tensor unchanged when the dtype already matches: a bug once)."""
+    results = {}
+    for path, kw in (("single", dict(foreach=False, fused=False)), ("fused", dict(fused=True))):
+        torch.manual_seed(0)
+        ps = [torch.randn(30, 40, dtype=dtype, requires_grad=True), torch.randn(5, 7, dtype=dtype, requires_grad=True)]
+        opt = Adan(ps, lr=1e-2, **kw)
+        g = torch.Generator().manual_seed(1)
+        for _ in range(3):
+            ps[0].grad = torch.randn(40, 30, generator=g).to(dtype).t()
+            ps[1].grad = torch.randn(1, 7, generator=g).to(dtype).expand(5, 7)
+            opt.step()
+        results[path] = [p.detach().double() for p in ps]
+    tol = {torch.float32: 1e-6, torch.float64: 1e-12, torch.bfloat16: 1e-2}[dtype]
+    for a, b in zip(results["single"], results["fused"]):
+        assert (a - b).abs().max() <= tol * a.abs().max(), (a - b).abs().max()

@@ -175,7 +175,7 @@ def _launch_cpu(
                 f"fused Adan needs contiguous parameters; parameter {k} of shape {tuple(p.shape)} has strides "
                 f"{p.stride()} (use foreach=True, or make the parameter contiguous)"
             )
-        grads[k] = grads[k].to(dtype=dtype, memory_format=torch.contiguous_format)
+        grads[k] = grads[k].to(dtype).contiguous()  # (.to(memory_format=...) may return a strided self)
     # The state needs no per-step check: Adan creates it (and load_state_dict casts it)
     # as contiguous tensors of the parameter's shape in state_dtype_for(dtype), with
     # float32 step counters on the CPU. Check the first of each slot as a safeguard.
@@ -231,7 +231,7 @@ def _launch_cpu_compact(
         if not p.is_contiguous():
             raise ValueError(f"fused Adan needs contiguous parameters; parameter {k} of shape {tuple(p.shape)} is not")
         if not (g.is_contiguous() and g.dtype == dtype):
-            grads[k] = g.to(dtype=dtype, memory_format=torch.contiguous_format)
+            grads[k] = g.to(dtype).contiguous()
     n = len(params)
     layouts = [block_layout(p.shape) for p in params]
     rows = array("q", [r for r, _ in layouts])

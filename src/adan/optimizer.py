@@ -722,7 +722,9 @@ def _per_tensor_compact(lists, extras, coefs: tuple[Tensor, ...], indices, kwarg
             else:
                 rows, cols = _compact.block_layout(p.shape)
                 r, c = chunk
-                views = tuple(None if t is None else t.view(rows, cols)[r, c] for t in (p, g, m, v, n, neg, comp))
+                # the state is laid out like p (contiguous here); a gradient may be strided
+                views = tuple(None if t is None else t.view(rows, cols)[r, c] for t in (p, m, v, n, neg, comp))
+                views = (views[0], g.reshape(rows, cols)[r, c], *views[1:])
                 bc = c if c == slice(None) else slice(c.start // _compact.BLOCK, -(-c.stop // _compact.BLOCK))
                 scale_views = None if scales is None else tuple(s[r, bc] for s in scales)
             _compact_slice(*views, scale_views, first, tensor_coefs, scale, param_update, kwargs)
