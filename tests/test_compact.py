@@ -363,3 +363,16 @@ def test_strided_gradients_with_compact_state(path):
             opt.step()
         results.append(p.detach().clone())
     assert torch.equal(results[0], results[1])
+
+
+@pytest.mark.parametrize("path", list(PATHS))
+def test_switching_param_update_to_kahan_mid_training(path):
+    """A state made under "nearest" gets its compensation buffer when the group turns to Kahan."""
+    model = _model(torch.bfloat16)
+    opt = Adan(model.parameters(), lr=3e-3, **PATHS[path])
+    _train(opt, model, 2, dtype=torch.bfloat16)
+    assert "param_comp" not in opt.state[model[0].weight]
+    opt.param_groups[0]["param_update"] = "kahan"
+    _train(opt, model, 2, dtype=torch.bfloat16)
+    assert opt.state[model[0].weight]["param_comp"].dtype == torch.bfloat16
+    assert all(torch.isfinite(p).all() for p in model.parameters())

@@ -98,7 +98,9 @@ class Adan(Optimizer):
             for float64 parameters), ``"bfloat16"`` (stochastically rounded, 8 bytes per
             parameter) or ``"int8"`` (block-wise 8-bit m, v, n and a bfloat16 previous
             gradient, about 5 bytes per parameter; tensors under 4096 elements stay
-            float32). The maths is float32 in every format; see :mod:`adan._compact`.
+            float32). The maths is float32 in every format; see :mod:`adan._compact`. It
+            takes effect when a parameter's state is created or loaded (a checkpoint in
+            another format is converted by ``load_state_dict``).
         param_update: how bfloat16/float16 parameters take their float32 update:
             ``"nearest"`` (default), ``"stochastic"`` rounding (bfloat16 parameters) or
             ``"kahan"`` (a compensation buffer ``param_comp`` keeps what rounding lost).
@@ -244,8 +246,12 @@ class Adan(Optimizer):
         }
         if group["state_dtype"] == "int8":
             lists["state_scales"] = [tuple(s[SCALE_KEYS[k]] for k in _MOMENTS) if SCALE_KEYS["exp_avg"] in s else None for s in states]
-        if group["param_update"] == "kahan":
-            lists["param_comps"] = [s.get(COMP_KEY) for s in states]
+        if group["param_update"] == "kahan":  # a state made under another param_update gets its buffer now
+            lists["param_comps"] = [
+                s[COMP_KEY] if COMP_KEY in s or p.dtype not in LOW_PRECISION
+                else s.setdefault(COMP_KEY, torch.zeros_like(p, memory_format=torch.preserve_format))
+                for p, s in zip(params, states)
+            ]  # fmt: skip
         # DTensor parameters (FSDP2): the update is elementwise, so it runs on the local
         # shards; only the clipping norm needs the other ranks (see _norm_groups).
         norm_groups = [None] * len(params)
