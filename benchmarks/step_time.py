@@ -34,6 +34,7 @@ from typing import Callable
 import torch
 
 import adan
+from adan import _compact
 from adan._native import load_library
 
 FLOOR_SOURCE = Path(__file__).parent / "floor_kernel.c"
@@ -113,11 +114,8 @@ def contenders(case: str) -> dict[str, Callable[[list[torch.nn.Parameter]], torc
 def state_bytes_per_param(opt, params: list[torch.Tensor]) -> float:
     """Optimizer state bytes per parameter (the floor: its four float32 buffers)."""
     if isinstance(opt, FloorStep):
-        tensors = [t for lst in opt.buffers for t in lst]
-    else:
-        opt = getattr(opt, "opt", opt)
-        tensors = [v for st in opt.state.values() for v in st.values() if torch.is_tensor(v)]
-    return sum(t.numel() * t.element_size() for t in tensors) / sum(p.numel() for p in params)
+        return sum(t.numel() * t.element_size() for lst in opt.buffers for t in lst) / sum(p.numel() for p in params)
+    return _compact.state_bytes_per_param(getattr(opt, "opt", opt))
 
 
 def bench_case(case: str, threads: int, reps: int, warmup: int = 2, dtype: torch.dtype = torch.float32) -> dict[str, tuple[float, float]]:

@@ -65,6 +65,7 @@ __all__ = [
     "dequantize_unsigned",
     "round_to_bf16",
     "state_bytes",
+    "state_bytes_per_param",
 ]
 
 BLOCK = 256
@@ -216,6 +217,13 @@ def state_bytes(state: dict) -> int:
             local = value.to_local() if _is_dtensor(value) else value
             total += local.numel() * local.element_size()
     return total
+
+
+def state_bytes_per_param(opt: torch.optim.Optimizer) -> float:
+    """Bytes of ``opt``'s state (every tensor, step counters included) per parameter; works
+    for any torch optimizer."""
+    n_params = sum(p.numel() for group in opt.param_groups for p in group["params"])
+    return sum(state_bytes(s) for s in opt.state.values()) / max(1, n_params)
 
 
 # ------------------------------------------------------- encode / decode state

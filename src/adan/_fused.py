@@ -141,6 +141,31 @@ def _scalars(
     return torch.stack([_as_f64(lr, device), mult, inf])
 
 
+def _flat_grads(params: list[Tensor], grads: list[Tensor], dtype: torch.dtype) -> None:
+    """What memory safety needs before a CPU kernel reads every tensor as a flat array of
+    its parameter's numel: contiguous parameters (else ``ValueError``), and gradients made
+    contiguous in the parameters' dtype (replaced in ``grads``). In as few Python-level
+    passes as possible: this runs every step."""
+    odd = [k for k, (p, g) in enumerate(zip(params, grads)) if not (p.is_contiguous() and g.is_contiguous() and g.dtype == dtype)]
+    for k in odd:
+        p = params[k]
+        if not p.is_contiguous():
+            raise ValueError(
+                f"fused Adan needs contiguous parameters; parameter {k} of shape {tuple(p.shape)} has strides "
+                f"{p.stride()} (use foreach=True, or make the parameter contiguous)"
+            )
+        grads[k] = grads[k].to(dtype).contiguous()  # (.to(memory_format=...) may return a strided self)
+
+
+def _pointer_table(slots: list[list[Tensor]]) -> tuple[array, list[int]]:
+    """The data pointers of equally long tensor lists in one array, and each list's address
+    in it (keep the array alive while the kernel runs)."""
+    table = array("q", [t.data_ptr() for lst in slots for t in lst])
+    base, _ = table.buffer_info()
+    stride = len(slots[0]) * table.itemsize
+    return table, [base + i * stride for i in range(len(slots))]
+
+
 def _launch_cpu(
     params: list[Tensor],
     grads: list[Tensor],
@@ -165,17 +190,7 @@ def _launch_cpu(
     if dtype not in _DTYPE_CODES:
         raise TypeError(f"fused Adan supports float32, float64, bfloat16 and float16 parameters, not {dtype}")
     sdtype = state_dtype_for(dtype)
-    # The kernel indexes every tensor of a slot as a flat array of the parameter's numel:
-    # check what memory safety needs, in as few Python-level passes as possible.
-    odd = [k for k, (p, g) in enumerate(zip(params, grads)) if not (p.is_contiguous() and g.is_contiguous() and g.dtype == dtype)]
-    for k in odd:
-        p = params[k]
-        if not p.is_contiguous():
-            raise ValueError(
-                f"fused Adan needs contiguous parameters; parameter {k} of shape {tuple(p.shape)} has strides "
-                f"{p.stride()} (use foreach=True, or make the parameter contiguous)"
-            )
-        grads[k] = grads[k].to(dtype).contiguous()  # (.to(memory_format=...) may return a strided self)
+    _flat_grads(params, grads, dtype)
     # The state needs no per-step check: Adan creates it (and load_state_dict casts it)
     # as contiguous tensors of the parameter's shape in state_dtype_for(dtype), with
     # float32 step counters on the CPU. Check the first of each slot as a safeguard.
@@ -184,16 +199,11 @@ def _launch_cpu(
     if state_steps[0].dtype != torch.float32 or not state_steps[0].is_cpu:
         raise TypeError("fused Adan: state 'step' must be float32 tensors on the CPU")
 
-    n = len(params)
-    ptrs = array("q", [t.data_ptr() for lst in (params, grads, exp_avgs, exp_avg_diffs, exp_avg_sqs, neg_pre_grads, state_steps) for t in lst])
+    table, slots = _pointer_table([params, grads, exp_avgs, exp_avg_diffs, exp_avg_sqs, neg_pre_grads, state_steps])
     numels = array("q", [p.numel() for p in params])
-    base, _ = ptrs.buffer_info()
-    stride = n * ptrs.itemsize
     scalars = scalars.contiguous()
     rc = lib.adan_fused_step(
-        n, _DTYPE_CODES[dtype], numels.buffer_info()[0],
-        base, base + stride, base + 2 * stride, base + 3 * stride,
-        base + 4 * stride, base + 5 * stride, base + 6 * stride, scalars.data_ptr(),
+        len(params), _DTYPE_CODES[dtype], numels.buffer_info()[0], *slots, scalars.data_ptr(),
         beta1, beta2, beta3, eps, weight_decay, int(no_prox), torch.get_num_threads(),
     )  # fmt: skip
     if rc != 0:
@@ -227,12 +237,7 @@ def _launch_cpu_compact(
     if dtype not in (torch.float32, torch.bfloat16, torch.float16):
         raise TypeError(f"fused Adan's compact formats support float32, bfloat16 and float16 parameters, not {dtype}")
     fmt = _FORMAT_CODES[exp_avgs[0].dtype]
-    for k, (p, g) in enumerate(zip(params, grads)):
-        if not p.is_contiguous():
-            raise ValueError(f"fused Adan needs contiguous parameters; parameter {k} of shape {tuple(p.shape)} is not")
-        if not (g.is_contiguous() and g.dtype == dtype):
-            grads[k] = g.to(dtype).contiguous()
-    n = len(params)
+    _flat_grads(params, grads, dtype)
     layouts = [block_layout(p.shape) for p in params]
     rows = array("q", [r for r, _ in layouts])
     cols = array("q", [c for _, c in layouts])
@@ -243,18 +248,16 @@ def _launch_cpu_compact(
     if comps is not None:
         slots.append(comps)
     slots.append(state_steps)
-    ptrs = array("q", [t.data_ptr() for lst in slots for t in lst])
-    base, _ = ptrs.buffer_info()
-    stride = n * ptrs.itemsize
-    at = iter(range(len(slots)))
-    p_, g_, m_, v_, n_, neg_ = (base + next(at) * stride for _ in range(6))
-    ms_, vs_, ns_ = (base + next(at) * stride for _ in range(3)) if fmt == 2 else (None, None, None)
-    comps_ = base + next(at) * stride if comps is not None else None
-    steps_ = base + next(at) * stride
+    table, addresses = _pointer_table(slots)
+    at = iter(addresses)
+    p_, g_, m_, v_, n_, neg_ = (next(at) for _ in range(6))
+    ms_, vs_, ns_ = (next(at) for _ in range(3)) if fmt == 2 else (None, None, None)
+    comps_ = next(at) if comps is not None else None
+    steps_ = next(at)
     seed = torch.randint(-(2**63), 2**63 - 1, (1,), dtype=torch.int64)  # torch's CPU generator
     scalars = scalars.contiguous()
     rc = lib.compact(
-        n, _DTYPE_CODES[dtype], fmt, _PARAM_UPDATE_CODES[param_update], rows.buffer_info()[0], cols.buffer_info()[0],
+        len(params), _DTYPE_CODES[dtype], fmt, _PARAM_UPDATE_CODES[param_update], rows.buffer_info()[0], cols.buffer_info()[0],
         p_, g_, m_, v_, n_, neg_, ms_, vs_, ns_, comps_, steps_, scalars.data_ptr(), seed.data_ptr(),
         beta1, beta2, beta3, eps, weight_decay, int(no_prox), torch.get_num_threads(),
     )  # fmt: skip
@@ -268,6 +271,18 @@ _COMPACT_STATE = {torch.int8, torch.bfloat16}  # exp_avg dtypes of the compact f
 def _is_compact(p: Tensor, m: Tensor, param_update: str) -> bool:
     """State in a compact format, or a low-precision parameter not rounded to nearest."""
     return m.dtype in _COMPACT_STATE or (param_update != "nearest" and p.dtype in _LOW_PRECISION)
+
+
+def split_compact(lists: list[list], param_update: str) -> tuple[list[list], list[list]]:
+    """``lists`` (params first, exp_avgs third; ``None`` entries pass through) cut into the
+    tensors that take the compact update and the others. Each tensor is checked only when
+    some state is compact or parameters are rounded otherwise: this runs every step."""
+    params, exp_avgs = lists[0], lists[2]
+    if param_update == "nearest" and _COMPACT_STATE.isdisjoint({m.dtype for m in exp_avgs}):
+        return [[] for _ in lists], lists
+    compact = [_is_compact(p, m, param_update) for p, m in zip(params, exp_avgs)]
+    pick = lambda keep: [None if lst is None else [t for t, c in zip(lst, compact) if c == keep] for lst in lists]  # noqa: E731
+    return pick(True), pick(False)
 
 
 def _fused_impl(
@@ -358,24 +373,16 @@ def _fused_adan(
     if not params:
         return
     scalars = _scalars(lr, clip_coef, maximize, grad_scale, found_inf, params[0].device)
-    compact = []  # checked per tensor only when some state is compact: this runs every step
-    if param_update != "nearest" or not _COMPACT_STATE.isdisjoint({m.dtype for m in exp_avgs}):
-        compact = [i for i, (p, m) in enumerate(zip(params, exp_avgs)) if _is_compact(p, m, param_update)]
-    if compact:
-        lists = [params, grads, exp_avgs, exp_avg_diffs, exp_avg_sqs, neg_pre_grads, state_steps]
+    lists = [params, grads, exp_avgs, exp_avg_diffs, exp_avg_sqs, neg_pre_grads, state_steps, state_scales, param_comps]
+    compact, lists = split_compact(lists, param_update)
+    if compact[0]:
         _fused_compact(
-            [[lst[i] for i in compact] for lst in lists],
-            None if state_scales is None else [state_scales[i] for i in compact],
-            None if param_comps is None else [param_comps[i] for i in compact],
-            param_update, scalars, (beta1, beta2, beta3, eps, weight_decay, no_prox),
+            compact[:7], compact[7], compact[8], param_update, scalars, (beta1, beta2, beta3, eps, weight_decay, no_prox),
             amp=grad_scale is not None or found_inf is not None,
         )  # fmt: skip
-        keep = sorted(set(range(len(params))) - set(compact))
-        if not keep:
-            return
-        params, grads, exp_avgs, exp_avg_diffs, exp_avg_sqs, neg_pre_grads, state_steps = (
-            [lst[i] for i in keep] for lst in lists
-        )
+    params, grads, exp_avgs, exp_avg_diffs, exp_avg_sqs, neg_pre_grads, state_steps = lists[:7]
+    if not params:
+        return
     args = (
         list(params), list(grads), exp_avgs, exp_avg_diffs, exp_avg_sqs, neg_pre_grads, state_steps,
         scalars, beta1, beta2, beta3, eps, weight_decay, no_prox,

@@ -363,8 +363,8 @@ class Adan(Optimizer):
         """Load a state dict saved by this class, by the reference implementation or by timm.
 
         The state is converted to this optimizer's ``state_dtype`` (and ``param_update``):
-        those stay as the optimizer was built. Reference checkpoints keep one ``step`` per group; it becomes each parameter's
-        ``step`` tensor. Shapes are checked before anything is loaded, so a mismatched
+        those stay as the optimizer was built. Reference checkpoints keep one ``step`` per
+        group; it becomes each parameter's ``step`` tensor. Shapes are checked before anything is loaded, so a mismatched
         state dict raises ``ValueError`` and leaves the optimizer as it was.
         """
         state_dict = _from_reference_format(state_dict, self.param_groups)
@@ -683,13 +683,6 @@ def _per_tensor(lists, coefs: tuple[Tensor, ...], indices, kwargs) -> None:
             _adan_lists([p], [g], [m], [v], [n], [neg], tensor_coefs, **kwargs)
 
 
-def _compact_indices(params: list[Tensor], exp_avgs: list[Tensor], param_update: str) -> list[int]:
-    """Tensors whose state is compact, or whose low-precision parameter is not rounded to nearest."""
-    if param_update == "nearest" and _fused._COMPACT_STATE.isdisjoint({m.dtype for m in exp_avgs}):
-        return []
-    return [i for i, (p, m) in enumerate(zip(params, exp_avgs)) if _fused._is_compact(p, m, param_update)]
-
-
 def _row_chunks(t: Tensor):
     """Slices ``(rows, cols)`` of about _CHUNK elements that never split a block."""
     rows, cols = _compact.block_layout(t.shape)
@@ -705,7 +698,7 @@ def _row_chunks(t: Tensor):
             yield slice(None), slice(c, c + _CHUNK)
 
 
-def _per_tensor_compact(lists, extras, coefs: tuple[Tensor, ...], indices, kwargs) -> None:
+def _per_tensor_compact(lists, extras, coefs: tuple[Tensor, ...], kwargs) -> None:
     """The update for compact state or rounded parameters, tensor by tensor.
 
     Each slice is decoded to float32, updated by ``_adan_lists`` (the one place the maths
@@ -715,7 +708,7 @@ def _per_tensor_compact(lists, extras, coefs: tuple[Tensor, ...], indices, kwarg
     state_scales, param_comps, state_steps, param_update = extras
     kwargs = dict(kwargs)
     scale = kwargs.pop("scale")
-    for i in indices:
+    for i in range(len(lists[0])):
         p, g, m, v, n, neg = (lst[i] for lst in lists)
         scales = state_scales[i] if state_scales is not None else None
         comp = param_comps[i] if param_comps is not None else None
@@ -781,19 +774,19 @@ def _single_tensor_adan(
 ) -> None:
     if not params:
         return
-    _increment(state_steps)
-    coefs = _step_coefficients(torch.stack(state_steps), lr, beta1, beta2, beta3)
     kwargs = dict(scale=_grad_scale(clip_coef, maximize), beta1=beta1, beta2=beta2, beta3=beta3, eps=eps,
                   lr=lr, weight_decay=weight_decay, no_prox=no_prox)  # fmt: skip
-    lists = (params, grads, exp_avgs, exp_avg_diffs, exp_avg_sqs, neg_pre_grads)
-    compact = _compact_indices(params, exp_avgs, param_update)
-    if compact:
-        extras = (state_scales, param_comps, state_steps, param_update)
-        _per_tensor_compact(lists, extras, coefs, compact, kwargs)
-        compact_set = set(compact)
-        _per_tensor(lists, coefs, [i for i in range(len(params)) if i not in compact_set], kwargs)
-    else:
-        _per_tensor(lists, coefs, range(len(params)), kwargs)
+    lists = [params, grads, exp_avgs, exp_avg_diffs, exp_avg_sqs, neg_pre_grads, state_steps, state_scales, param_comps]
+    for part, compact in zip(_fused.split_compact(lists, param_update), (True, False)):
+        if not part[0]:
+            continue
+        steps = part[6]
+        _increment(steps)
+        coefs = _step_coefficients(torch.stack(steps), lr, beta1, beta2, beta3)
+        if compact:
+            _per_tensor_compact(part[:6], (part[7], part[8], steps, param_update), coefs, kwargs)
+        else:
+            _per_tensor(part[:6], coefs, range(len(part[0])), kwargs)
 
 
 def _multi_tensor_adan(
@@ -821,22 +814,17 @@ def _multi_tensor_adan(
 ) -> None:
     if not params:
         return
-    compact = _compact_indices(params, exp_avgs, param_update)
-    if compact:  # compact formats are updated tensor by tensor; the rest below
+    lists = [params, grads, exp_avgs, exp_avg_sqs, exp_avg_diffs, neg_pre_grads, state_steps, state_scales, param_comps]
+    compact, lists = _fused.split_compact(lists, param_update)
+    if compact[0]:  # compact formats are updated tensor by tensor; the rest below
         _single_tensor_adan(
-            *([lst[i] for i in compact] for lst in (params, grads, exp_avgs, exp_avg_sqs, exp_avg_diffs, neg_pre_grads, state_steps)),
-            clip_coef=clip_coef, beta1=beta1, beta2=beta2, beta3=beta3, lr=lr, weight_decay=weight_decay, eps=eps,
-            no_prox=no_prox, maximize=maximize, capturable=capturable,
-            state_scales=None if state_scales is None else [state_scales[i] for i in compact],
-            param_comps=None if param_comps is None else [param_comps[i] for i in compact],
-            param_update=param_update,
+            *compact[:7], clip_coef=clip_coef, beta1=beta1, beta2=beta2, beta3=beta3, lr=lr, weight_decay=weight_decay,
+            eps=eps, no_prox=no_prox, maximize=maximize, capturable=capturable,
+            state_scales=compact[7], param_comps=compact[8], param_update=param_update,
         )  # fmt: skip
-        keep = sorted(set(range(len(params))) - set(compact))
-        if not keep:
-            return
-        params, grads, exp_avgs, exp_avg_sqs, exp_avg_diffs, neg_pre_grads, state_steps = (
-            [lst[i] for i in keep] for lst in (params, grads, exp_avgs, exp_avg_sqs, exp_avg_diffs, neg_pre_grads, state_steps)
-        )
+    params, grads, exp_avgs, exp_avg_sqs, exp_avg_diffs, neg_pre_grads, state_steps = lists[:7]
+    if not params:
+        return
     buckets = Optimizer._group_tensors_by_device_and_dtype(
         [params, grads, exp_avgs, exp_avg_diffs, exp_avg_sqs, neg_pre_grads, state_steps]
     )

@@ -85,10 +85,3 @@ def warmup_cosine(total_steps: int, warmup_fraction: float):
         return 0.5 * (1.0 + math.cos(math.pi * progress))
 
     return factor
-
-
-def state_bytes_per_param(opt: torch.optim.Optimizer) -> float:
-    """Bytes of optimizer state (every tensor, step counters included) per parameter."""
-    n_params = sum(p.numel() for group in opt.param_groups for p in group["params"])
-    n_bytes = sum(v.numel() * v.element_size() for state in opt.state.values() for v in state.values() if torch.is_tensor(v))
-    return n_bytes / max(1, n_params)

@@ -15,9 +15,10 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from adan._compact import state_bytes_per_param
 from adan.experiments import data as datasets
 from adan.experiments.models import CharGPT, vision_model
-from adan.experiments.optim import make_optimizer, settings, state_bytes_per_param, warmup_cosine
+from adan.experiments.optim import make_optimizer, settings, warmup_cosine
 
 Progress = Callable[[int, int, str], None]  # (done, total, text)
 
