@@ -54,7 +54,7 @@ OPTIMIZER_INPUTS = [
 ERROR_INPUTS = [
     ErrorInput("negative_lr", dict(lr=-1e-3), ValueError, r"Invalid lr: -0\.001"),
     ErrorInput("nan_lr", dict(lr=float("nan")), ValueError, r"Invalid lr: nan"),
-    ErrorInput("tensor_lr_shape", dict(lr=torch.ones(2)), ValueError, r"Invalid lr: a tensor lr must have one element"),
+    ErrorInput("tensor_lr_shape", dict(lr=torch.ones(2)), ValueError, r"Invalid lr: Tensor lr must be 1-element"),
     ErrorInput("beta1_one", dict(betas=(1.0, 0.92, 0.99)), ValueError, r"Invalid beta1: betas\[0\]=1\.0"),
     ErrorInput("beta2_negative", dict(betas=(0.98, -0.1, 0.99)), ValueError, r"Invalid beta2: betas\[1\]=-0\.1"),
     ErrorInput("beta3_large", dict(betas=(0.98, 0.92, 1.5)), ValueError, r"Invalid beta3: betas\[2\]=1\.5"),

@@ -69,6 +69,7 @@ __all__ = [
 ]
 
 BLOCK = 256
+NONFINITE_CODE = -128  # m and v codes run over [-127, 127]; -128 marks a NaN/inf element
 MIN_INT8_NUMEL = 4096
 MIN_INT8_COLS = 16  # narrower rows would pay more for their scales than they save
 STATE_DTYPES = ("float32", "bfloat16", "int8")
@@ -112,25 +113,33 @@ def _unblock(b: Tensor, shape: torch.Size) -> Tensor:
 
 # ------------------------------------------------------------------ int8 maps
 def quantize_signed(x: Tensor) -> tuple[Tensor, Tensor]:
-    """Signed companded 8-bit codes (int8, shaped like ``x``) and per-block scales (float32)."""
+    """Signed companded 8-bit codes (int8, shaped like ``x``) and per-block scales (float32).
+
+    The scale is the largest *finite* magnitude; a NaN or infinite value gets the code
+    :data:`NONFINITE_CODE` (decoded as NaN), so it stays in its element and never
+    spoils the scale of the other values of its block."""
     b = _blocks(x.float())
-    scale = b.abs().amax(dim=-1)
+    finite = b.isfinite()
+    mag = torch.where(finite, b.abs(), 0.0)
+    scale = mag.amax(dim=-1)
     inv = torch.where(scale > 0, 1.0 / scale, torch.zeros_like(scale))
-    mag = torch.floor((b.abs() * inv.unsqueeze(-1)).sqrt() * 127.0 + 0.5)
-    codes = (mag * b.sign()).to(torch.int8)
+    mag = torch.floor((mag * inv.unsqueeze(-1)).sqrt() * 127.0 + 0.5)
+    codes = torch.where(finite, mag * b.sign(), float(NONFINITE_CODE)).to(torch.int8)
     return _unblock(codes, x.shape), scale
 
 
 def dequantize_signed(codes: Tensor, scale: Tensor) -> Tensor:
-    """float32 values of signed codes: ``scale * sign(q) * (q / 127)^2``."""
+    """float32 values of signed codes: ``scale * sign(q) * (q / 127)^2`` (NaN for -128)."""
     q = _blocks(codes.float())
     values = q * q.abs() * (scale / 16129.0).unsqueeze(-1)
+    values = torch.where(q == NONFINITE_CODE, float("nan"), values)
     return _unblock(values, codes.shape)
 
 
 def quantize_unsigned(x: Tensor) -> tuple[Tensor, Tensor]:
     """Unsigned companded 8-bit codes (uint8) of ``x >= 0`` and per-block scales (float32)."""
     b = _blocks(x.float())
+    b = torch.where(b.isfinite(), b, 0.0)  # see quantize_signed: m carries the mark (mark_nonfinite)
     scale = b.amax(dim=-1)
     inv = torch.where(scale > 0, 1.0 / scale, torch.zeros_like(scale))
     q = torch.floor((b * inv.unsqueeze(-1)).sqrt().sqrt() * 255.0 + 0.5)
@@ -146,7 +155,7 @@ def dequantize_unsigned(codes: Tensor, scale: Tensor) -> Tensor:
 
 
 # ------------------------------------------------------------------ rounding
-def round_to_bf16(x: Tensor, stochastic: bool = True) -> Tensor:
+def round_to_bf16(x: Tensor, stochastic: bool = True, generator: Optional[torch.Generator] = None) -> Tensor:
     """float32 -> bfloat16, stochastically rounded: ``P(up) = (x - down) / (up - down)``.
 
     Adding 16 random bits below bfloat16's last mantissa bit and truncating does it;
@@ -156,7 +165,9 @@ def round_to_bf16(x: Tensor, stochastic: bool = True) -> Tensor:
     if not stochastic:
         return x.to(torch.bfloat16)
     x = x.contiguous()
-    noise = torch.randint(0, 1 << 16, x.shape, dtype=torch.int32, device=x.device)
+    if generator is not None and (generator.device != x.device or torch.compiler.is_compiling()):
+        generator = None  # another device than the generator's, or traced (dynamo takes no generator)
+    noise = torch.randint(0, 1 << 16, x.shape, dtype=torch.int32, device=x.device, generator=generator)
     rounded = (x.view(torch.int32) + noise).bitwise_and_(-65536).view(torch.float32)
     return torch.where(torch.isnan(x), x, rounded).to(torch.bfloat16)
 
@@ -277,7 +288,16 @@ def decode(state: dict, key: str) -> Optional[Tensor]:
     return value.float() if value.dtype in LOW_PRECISION else value
 
 
-def encode_into(state: dict, key: str, value: Tensor, stochastic: bool = True) -> None:
+def mark_nonfinite(m: Tensor, n: Tensor) -> Tensor:
+    """``m`` with NaN where ``n`` is not finite: n's 8-bit code cannot say NaN or inf, so an
+    int8 state keeps a non-finite element's mark in m (whose code -128 decodes as NaN). The
+    element then stays non-finite, as with float32 state, and its block is unharmed."""
+    return torch.where(n.isfinite(), m, float("nan"))
+
+
+def encode_into(
+    state: dict, key: str, value: Tensor, stochastic: bool = True, generator: Optional[torch.Generator] = None
+) -> None:
     """Write full-precision ``value`` into buffer ``key`` of ``state``, in its format."""
     target = state[key]
     if target.dtype == torch.int8:
@@ -289,7 +309,7 @@ def encode_into(state: dict, key: str, value: Tensor, stochastic: bool = True) -
         target.copy_(codes)
         state[SCALE_KEYS[key]].copy_(scale)
     elif target.dtype == torch.bfloat16:
-        target.copy_(round_to_bf16(value, stochastic))
+        target.copy_(round_to_bf16(value, stochastic, generator))
     else:
         target.copy_(value)
 
@@ -322,12 +342,14 @@ def conform_state(p: Tensor, saved: dict, fmt: str, comp: bool) -> dict[str, Ten
     return out
 
 
-def write_param(p: Tensor, value: Tensor, mode: str, comp: Optional[Tensor]) -> None:
+def write_param(
+    p: Tensor, value: Tensor, mode: str, comp: Optional[Tensor], generator: Optional[torch.Generator] = None
+) -> None:
     """Store float32 ``value`` into low-precision ``p`` by rounding ``mode``."""
     if p.dtype not in LOW_PRECISION or mode == "nearest":
         p.copy_(value)
     elif mode == "stochastic":
-        p.copy_(round_to_bf16(value))
+        p.copy_(round_to_bf16(value, generator=generator))
     else:  # kahan: keep what rounding lost
         p.copy_(value)
         comp.copy_(value - p.float())

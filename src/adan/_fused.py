@@ -129,16 +129,27 @@ def _scalars(
     device: torch.device,
 ) -> Tensor:
     """``[lr, grad_multiplier, found_inf]`` as float64 on ``device``, without a host sync."""
-    sign = -1.0 if maximize else 1.0
     if device.type == "cpu" and not any(torch.is_tensor(x) for x in (lr, clip_coef, grad_scale, found_inf)):
-        return torch.tensor([float(lr), sign, 0.0], dtype=torch.float64)
+        return torch.tensor([float(lr), -1.0 if maximize else 1.0, 0.0], dtype=torch.float64)
+    mult = _as_f64(grad_multiplier(clip_coef, maximize, grad_scale, device), device)
+    inf = _as_f64(found_inf, device) if found_inf is not None else _as_f64(0.0, device)
+    return torch.stack([_as_f64(lr, device), mult, inf])
+
+
+def grad_multiplier(
+    clip_coef: Optional[Tensor], maximize: bool, grad_scale: Optional[Tensor], device: torch.device
+) -> Union[Tensor, float]:
+    """What the kernels multiply every gradient by: the maximize sign, the clip factor and
+    GradScaler's ``1 / scale``, in float64 (the kernels round it to their compute type)."""
+    sign = -1.0 if maximize else 1.0
+    if clip_coef is None and grad_scale is None:
+        return sign
     mult = _as_f64(sign, device)
     if clip_coef is not None:
         mult = mult * _as_f64(clip_coef, device)
     if grad_scale is not None:
         mult = mult / _as_f64(grad_scale, device)
-    inf = _as_f64(found_inf, device) if found_inf is not None else _as_f64(0.0, device)
-    return torch.stack([_as_f64(lr, device), mult, inf])
+    return mult
 
 
 def _flat_grads(params: list[Tensor], grads: list[Tensor], dtype: torch.dtype) -> None:
@@ -228,6 +239,7 @@ def _launch_cpu_compact(
     eps: float,
     weight_decay: float,
     no_prox: bool,
+    generator: Optional[torch.Generator] = None,
 ) -> None:
     """One compact-kernel call for CPU tensors of one parameter dtype and one state format."""
     lib = _load_cpu()
@@ -254,7 +266,9 @@ def _launch_cpu_compact(
     ms_, vs_, ns_ = (next(at) for _ in range(3)) if fmt == 2 else (None, None, None)
     comps_ = next(at) if comps is not None else None
     steps_ = next(at)
-    seed = torch.randint(-(2**63), 2**63 - 1, (1,), dtype=torch.int64)  # torch's CPU generator
+    if generator is not None and generator.device.type != "cpu":
+        generator = None
+    seed = torch.randint(-(2**63), 2**63 - 1, (1,), dtype=torch.int64, generator=generator)
     scalars = scalars.contiguous()
     rc = lib.compact(
         len(params), _DTYPE_CODES[dtype], fmt, _PARAM_UPDATE_CODES[param_update], rows.buffer_info()[0], cols.buffer_info()[0],
@@ -369,6 +383,7 @@ def _fused_adan(
     state_scales: Optional[list] = None,
     param_comps: Optional[list] = None,
     param_update: str = "nearest",
+    generator: Optional[torch.Generator] = None,
 ) -> None:
     if not params:
         return
@@ -378,7 +393,7 @@ def _fused_adan(
     if compact[0]:
         _fused_compact(
             compact[:7], compact[7], compact[8], param_update, scalars, (beta1, beta2, beta3, eps, weight_decay, no_prox),
-            amp=grad_scale is not None or found_inf is not None,
+            amp=grad_scale is not None or found_inf is not None, generator=generator,
         )  # fmt: skip
     params, grads, exp_avgs, exp_avg_diffs, exp_avg_sqs, neg_pre_grads, state_steps = lists[:7]
     if not params:
@@ -394,7 +409,8 @@ def _fused_adan(
 
 
 def _fused_compact(
-    lists: list[list[Tensor]], state_scales, param_comps, param_update: str, scalars: Tensor, hparams, amp: bool
+    lists: list[list[Tensor]], state_scales, param_comps, param_update: str, scalars: Tensor, hparams, amp: bool,
+    generator: Optional[torch.Generator] = None,
 ) -> None:
     """Compact tensors: one compact-kernel call per (parameter dtype, state format) on the CPU,
     the Triton compact kernel on CUDA.
@@ -419,7 +435,7 @@ def _fused_compact(
             *(list(lst) for lst in (lists[0], lists[1], lists[2], lists[4], lists[3], lists[5], lists[6])),
             clip_coef=mult, beta1=beta1, beta2=beta2, beta3=beta3, lr=lr, weight_decay=weight_decay, eps=eps,
             no_prox=no_prox, maximize=False, capturable=False,
-            state_scales=state_scales, param_comps=param_comps, param_update=param_update,
+            state_scales=state_scales, param_comps=param_comps, param_update=param_update, generator=generator,
         )  # fmt: skip
         return
     buckets: dict[tuple, list[int]] = {}
@@ -434,5 +450,5 @@ def _fused_compact(
             *([lst[i] for i in idx] for lst in lists),
             None if state_scales is None else [state_scales[i] for i in idx],
             None if param_comps is None else [param_comps[i] for i in idx],
-            param_update, scalars.to(device), *hparams,
+            param_update, scalars.to(device), *hparams, generator=generator,
         )  # fmt: skip

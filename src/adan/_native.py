@@ -3,14 +3,19 @@
 The kernels are plain C (no torch headers), so building one takes a second with the
 system compiler and never pulls torch into a build environment. The shared library is
 cached under ``$ADAN_CACHE_DIR`` (default ``~/.cache/adan``), keyed by a hash of the
-source, the flags, the compiler and the machine, and written atomically so that
-concurrent processes (e.g. distributed ranks) can race safely.
+source, the flags, the compiler and the CPU (``-march=native`` resolves to a different
+target on another CPU, so a cache shared between machines, e.g. an NFS home, keeps one
+library per CPU). A library is written atomically (fsync, then rename) with its size and
+SHA-256 beside it, and verified before it is loaded: a truncated or corrupted file is
+rebuilt, never mapped (a short ``.so`` would kill the process with SIGBUS).
 """
 
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
+import json
 import os
 import platform
 import shutil
@@ -58,6 +63,47 @@ def _compiler_id(cc: str) -> str:
     return out.splitlines()[0] if out else cc
 
 
+@functools.lru_cache(maxsize=None)
+def _cpu_id(cc: str) -> str:
+    """The CPU as the compiler sees it for ``-march=native``: the resolved target and its
+    feature flags (``cc -### -march=native``), and the kernel's CPU model and flags."""
+    parts = []
+    try:
+        proc = subprocess.run(
+            [*cc.split(), "-march=native", "-###", "-x", "c", "-c", os.devnull, "-o", os.devnull],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        tokens = (proc.stderr + proc.stdout).replace('"', " ").split()
+        keep = {"-target-cpu", "-target-feature"}  # clang writes the target as option pairs
+        parts = [t for i, t in enumerate(tokens) if t.startswith("-m") or (i and tokens[i - 1] in keep)]
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("model name", "flags", "Features", "CPU part")):
+                    parts.append(" ".join(line.split()))
+                if line.strip() == "":
+                    break  # the first processor describes them all
+    except OSError:
+        pass
+    return hashlib.sha256("|".join(parts or [platform.processor()]).encode()).hexdigest()[:16]
+
+
+def _meta_path(target: Path) -> Path:
+    return target.with_suffix(".json")
+
+
+def _verified(target: Path) -> bool:
+    """The library exists and matches the size and SHA-256 recorded when it was built."""
+    try:
+        meta = json.loads(_meta_path(target).read_text())
+        data = target.read_bytes()
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and meta.get("size") == len(data) and meta.get("sha256") == hashlib.sha256(data).hexdigest()
+
+
 KERNEL_DIR = Path(__file__).parent / "kernels"
 
 
@@ -78,9 +124,10 @@ def load_library(source: Path, include_dirs: tuple[Path, ...] = (KERNEL_DIR,)) -
         ident = "|".join([_compiler_id(cc), platform.machine(), platform.system(), sys.version.split()[0]])
         errors = []
         for flags in _FLAG_SETS:
-            digest = hashlib.sha256(text + repr((flags, _COMMON, ident)).encode()).hexdigest()[:16]
+            cpu = _cpu_id(cc) if "-march=native" in flags else ""
+            digest = hashlib.sha256(text + repr((flags, _COMMON, ident, cpu)).encode()).hexdigest()[:16]
             target = cache_dir() / f"{source.stem}-{digest}.so"
-            if not target.exists():
+            if not _verified(target):  # absent, truncated or corrupted: (re)build it
                 err = _compile(cc, source, target, [*flags, *includes])
                 if err:
                     errors.append(f"{' '.join(flags)}: {err}")
@@ -91,8 +138,23 @@ def load_library(source: Path, include_dirs: tuple[Path, ...] = (KERNEL_DIR,)) -
         raise BuildError(f"could not compile {source.name}:\n" + "\n".join(errors))
 
 
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a synced temporary file and a rename."""
+    fd, tmp = tempfile.mkstemp(suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
 def _compile(cc: str, source: Path, target: Path, flags: list[str]) -> str | None:
-    """Compile to a temporary file and rename it into place; return an error text or None."""
+    """Compile to a temporary file, then put it and its size and checksum in place
+    atomically and durably; return an error text or None."""
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
     os.close(fd)
@@ -105,7 +167,10 @@ def _compile(cc: str, source: Path, target: Path, flags: list[str]) -> str | Non
         )
         if proc.returncode != 0:
             return (proc.stderr or proc.stdout).strip()[-2000:]
-        os.replace(tmp, target)
+        data = Path(tmp).read_bytes()
+        _write_atomic(target, data)  # a fresh inode: a process that mapped the old file keeps it
+        meta = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest(), "source": source.name, "flags": flags}
+        _write_atomic(_meta_path(target), json.dumps(meta).encode())
         return None
     except (OSError, subprocess.TimeoutExpired) as exc:
         return str(exc)

@@ -31,7 +31,8 @@ import torch
 from torch import Tensor
 from torch.optim.optimizer import Optimizer, _get_foreach_kernels_supported_devices
 
-from adan import _compact, _fused
+from adan import _checkpoint, _compact, _fused
+from adan._checks import StateShapeError, check_foreign_options, check_no_duplicates, check_state_shapes
 from adan._compact import COMP_KEY, LOW_PRECISION, SCALE_KEYS
 from adan._fused import _fused_adan
 
@@ -40,7 +41,6 @@ __all__ = ["Adan", "adan", "global_clip_coefficient"]
 Betas = tuple[float, float, float]
 LR = Union[float, Tensor]
 
-_STATE_BUFFERS = ("exp_avg", "exp_avg_sq", "exp_avg_diff", "neg_pre_grad")
 _MOMENTS = ("exp_avg", "exp_avg_diff", "exp_avg_sq")
 
 
@@ -48,7 +48,7 @@ def _check_hparams(lr: Any, betas: Any, eps: Any, weight_decay: Any, max_grad_no
     """Raise ``ValueError`` naming the first invalid hyper-parameter and its value."""
     if isinstance(lr, Tensor):
         if lr.numel() != 1:
-            raise ValueError(f"Invalid lr: a tensor lr must have one element, got shape {tuple(lr.shape)}")
+            raise ValueError(f"Invalid lr: Tensor lr must be 1-element, got shape {tuple(lr.shape)}")
         lr_value = float(lr.detach().cpu())  # construction time, not step(): no sync concern
     else:
         lr_value = lr
@@ -161,24 +161,40 @@ class Adan(Optimizer):
             state_dtype=state_dtype,
             param_update=param_update,
         )
+        # Stochastic rounding draws from generators of the optimizer's own (one per device),
+        # seeded without consuming torch's: the user's dropout masks and shuffles do not
+        # depend on state_dtype. Saved in state_dict() under "adan_rng".
+        self._rng_seed = torch.initial_seed()
+        self._generators: dict[torch.device, torch.Generator] = {}
         super().__init__(params, defaults)
         if fused:
             self._step_supports_amp_scaling = True  # GradScaler passes grad_scale/found_inf
             for group in self.param_groups:
-                for p in group["params"]:
-                    if not _fused.fused_available(p.device):
+                for p in group["params"]:  # (meta parameters are checked at step(), after to_empty)
+                    if p.device.type != "meta" and not _fused.fused_available(p.device):
                         raise RuntimeError(f"fused=True: {_fused.unavailable_reason(p.device)}")
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
+        params = param_group["params"]
+        if not isinstance(params, (Tensor, set)):  # a generator would be used up by the checks
+            param_group = {**param_group, "params": list(params)}
         merged = {**self.defaults, **param_group}
+        where = f"parameter group {len(self.param_groups)}"
+        check_foreign_options(param_group, where)
+        tensors = [x[1] if isinstance(x, tuple) else x for x in ([params] if isinstance(params, Tensor) else param_group["params"])]
+        check_no_duplicates([t for t in tensors if torch.is_tensor(t)], where)
         _check_hparams(merged["lr"], merged["betas"], merged["eps"], merged["weight_decay"], merged["max_grad_norm"])
         _compact.check_options(merged["state_dtype"], merged["param_update"])
-        if merged["param_update"] == "stochastic" and any(p.dtype == torch.float16 for p in merged["params"] if torch.is_tensor(p)):
+        if merged["param_update"] == "stochastic" and any(torch.is_tensor(t) and t.dtype == torch.float16 for t in tensors):
             raise ValueError(
                 "Invalid param_update='stochastic' for float16 parameters: stochastic rounding is implemented for "
                 "bfloat16 parameters; use param_update='kahan' for float16"
             )
-        if merged["max_grad_norm"] != self.defaults["max_grad_norm"]:
+        if not self.param_groups and self.defaults["max_grad_norm"] == 0.0:
+            # the first group may set it when the constructor did not (torch's generic tests pass
+            # every option in every group); the others must then agree
+            self.defaults["max_grad_norm"] = merged["max_grad_norm"]
+        elif merged["max_grad_norm"] != self.defaults["max_grad_norm"]:
             raise ValueError(
                 f"Invalid max_grad_norm={merged['max_grad_norm']!r} in a parameter group: clipping is global over "
                 f"all groups, so max_grad_norm is set once on the optimizer (here {self.defaults['max_grad_norm']!r})"
@@ -187,9 +203,17 @@ class Adan(Optimizer):
             param_group = {**param_group, "betas": tuple(param_group["betas"])}
         super().add_param_group(param_group)
 
+    def __getstate__(self) -> dict[str, Any]:
+        return {**super().__getstate__(), "adan_rng": self._rng_state()}
+
     def __setstate__(self, state: dict[str, Any]) -> None:
+        rng = state.pop("adan_rng", None)
         super().__setstate__(state)
         self.__dict__.setdefault("grad_norm_group", None)  # a process group is not pickled
+        self.__dict__.setdefault("_rng_seed", torch.initial_seed())
+        self.__dict__.setdefault("_generators", {})
+        if rng is not None:
+            self._load_rng_state(rng)
         if any(g.get("fused") for g in self.param_groups):
             self._step_supports_amp_scaling = True
         for group in self.param_groups:
@@ -207,8 +231,24 @@ class Adan(Optimizer):
                     p_state["step"] = torch.tensor(float(p_state["step"]), dtype=torch.float32, device=device)
 
     # ------------------------------------------------------------------ state
+    def _generator(self, device: torch.device) -> torch.Generator:
+        gen = self._generators.get(device)
+        if gen is None:
+            gen = self._generators[device] = torch.Generator(device=device)
+            gen.manual_seed(self._rng_seed)
+        return gen
+
+    def _rng_state(self) -> dict[str, Any]:
+        return {"seed": self._rng_seed, "states": {str(d): g.get_state() for d, g in self._generators.items()}}
+
+    def _load_rng_state(self, rng: dict[str, Any]) -> None:
+        self._rng_seed = int(rng["seed"])
+        self._generators = {}
+        for name, gen_state in rng["states"].items():
+            self._generator(torch.device(name)).set_state(gen_state)
+
     def _new_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
-        state = {"step": torch.zeros((), dtype=torch.float32, device=_step_device(p, group))}
+        state = {"step": torch.zeros((), dtype=_step_dtype(group), device=_step_device(p, group))}
         state.update(_compact.new_buffers(p, _compact.format_for(p, group["state_dtype"])))
         if _needs_comp(p, group):
             state[COMP_KEY] = torch.zeros_like(p, memory_format=torch.preserve_format)
@@ -229,6 +269,8 @@ class Adan(Optimizer):
         negs = [s.get("neg_pre_grad") for s in states]
         fresh = []  # indices whose previous gradient starts as the current one
         if any(n is None for n in negs):  # new parameters, or the first step after a restart
+            if group["fused"]:  # before any state is made: it would stay on the meta device
+                _check_fused_params(params)
             for i, (p, state) in enumerate(zip(params, states)):
                 if negs[i] is None:
                     if "exp_avg" not in state:
@@ -320,35 +362,45 @@ class Adan(Optimizer):
                     shard_groups=norm_groups, partition_group=self.grad_norm_group,
                 )  # fmt: skip
 
-        for group, lists in zip(self.param_groups, gathered):
+        for gi, (group, lists) in enumerate(zip(self.param_groups, gathered)):
             fresh = lists.pop("fresh")
             if not lists["params"]:
                 continue
             foreach, fused = _resolve_path(lists["params"], group["foreach"], group["fused"])
-            if not fused:  # g' = g at the first step (the fused kernel does this itself)
-                scale = _grad_scale(clip_coef, group["maximize"])
-                for i in fresh:
-                    g = lists["grads"][i]
-                    torch.mul(g.to(lists["neg_pre_grads"][i].dtype), -scale if scale is not None else -1.0, out=lists["neg_pre_grads"][i])
+            if fresh:  # g' = g where there is no previous gradient (new state, restart, or a checkpoint without one)
+                mult = (
+                    _fused.grad_multiplier(clip_coef, group["maximize"], grad_scale, lists["params"][0].device)
+                    if fused else _grad_scale(clip_coef, group["maximize"])
+                )  # fmt: skip
+                _seed_previous_gradients([lists["grads"][i] for i in fresh], [lists["neg_pre_grads"][i] for i in fresh], mult)
+            rounding = group["state_dtype"] != "float32" or group["param_update"] == "stochastic"
             beta1, beta2, beta3 = group["betas"]
-            adan(
-                **lists,
-                foreach=foreach,
-                fused=fused,
-                grad_scale=grad_scale,
-                found_inf=found_inf,
-                clip_coef=clip_coef,
-                beta1=beta1,
-                beta2=beta2,
-                beta3=beta3,
-                lr=group["lr"],
-                weight_decay=group["weight_decay"],
-                eps=group["eps"],
-                no_prox=group["no_prox"],
-                maximize=group["maximize"],
-                capturable=group["capturable"],
-                param_update=group["param_update"],
-            )
+            try:
+                adan(
+                    **lists,
+                    foreach=foreach,
+                    fused=fused,
+                    grad_scale=grad_scale,
+                    found_inf=found_inf,
+                    clip_coef=clip_coef,
+                    beta1=beta1,
+                    beta2=beta2,
+                    beta3=beta3,
+                    lr=group["lr"],
+                    weight_decay=group["weight_decay"],
+                    eps=group["eps"],
+                    no_prox=group["no_prox"],
+                    maximize=group["maximize"],
+                    capturable=group["capturable"],
+                    param_update=group["param_update"],
+                    generator=self._generator(lists["params"][0].device) if rounding else None,
+                )
+            except StateShapeError as exc:
+                p = lists["params"][exc.index]
+                index = next((i for i, q in enumerate(group["params"]) if q is p), exc.index)
+                raise StateShapeError(
+                    exc.index, exc.name, exc.param_shape, exc.shape, f"parameter {index} of parameter group {gi}"
+                ) from None
         return loss
 
     # ------------------------------------------------------------ checkpoints
@@ -357,28 +409,46 @@ class Adan(Optimizer):
         # ZeroRedundancyOptimizer copies its constructor's keywords, grad_norm_group among
         # them, into every group; a process group cannot be saved, and is not state.
         sd["param_groups"] = [{k: v for k, v in g.items() if k != "grad_norm_group"} for g in sd["param_groups"]]
+        sd["adan_rng"] = self._rng_state()
         return sd
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load a state dict saved by this class, by the reference implementation or by timm.
 
-        The state is converted to this optimizer's ``state_dtype`` (and ``param_update``):
-        those stay as the optimizer was built. Reference checkpoints keep one ``step`` per
-        group; it becomes each parameter's ``step`` tensor. Shapes are checked before anything is loaded, so a mismatched
-        state dict raises ``ValueError`` and leaves the optimizer as it was.
+        Everything is validated first (structure, hyper-parameters, state keys, dtypes
+        and shapes): a malformed state dict, or another optimizer's, raises ``ValueError``
+        and leaves the optimizer as it was. The state is converted to this optimizer's
+        ``state_dtype`` (and ``param_update``); those, and the code path (``foreach``,
+        ``fused``, ``capturable``), stay as the optimizer was built. Reference checkpoints
+        keep one ``step`` per group; it becomes each parameter's ``step`` tensor. A state
+        without ``neg_pre_grad`` continues as the reference does: its next gradient is
+        also taken as the previous one.
         """
-        state_dict = _from_reference_format(state_dict, self.param_groups)
-        self._check_state_shapes(state_dict)
-        clip_norms = {g.get("max_grad_norm", 0.0) for g in state_dict["param_groups"]}
-        if len(clip_norms) > 1:
-            raise ValueError(f"loaded state dict has different max_grad_norm values per group {sorted(clip_norms)}; clipping is global")
+        state_dict = _checkpoint.from_reference_format(state_dict, self.param_groups)
+        _checkpoint.validate(state_dict, self.param_groups, _check_hparams)
+        rng = state_dict.get("adan_rng")
+        if rng is not None and not (isinstance(rng, dict) and {"seed", "states"} <= rng.keys()):
+            raise ValueError("loaded state dict: 'adan_rng' is not a generator record; nothing was loaded")
+        before = (self.state, self.param_groups, dict(self.defaults), self._rng_seed, self._generators)
+        try:
+            self._load_validated(state_dict)
+            if rng is not None:
+                self._load_rng_state(rng)
+        except Exception:
+            self.state, self.param_groups, defaults, self._rng_seed, self._generators = before
+            self.defaults.clear()
+            self.defaults.update(defaults)
+            raise
+
+    def _load_validated(self, state_dict: dict[str, Any]) -> None:
         saved_state = state_dict["state"]
         saved_ids = [pid for g in state_dict["param_groups"] for pid in g["params"]]
-        # The storage choices are this optimizer's, not the checkpoint's: a checkpoint saved
-        # with one state_dtype loads into an optimizer built with another, and is converted.
-        layout = [{k: g[k] for k in ("state_dtype", "param_update")} for g in self.param_groups]
-        super().load_state_dict(state_dict)
-        for group, keep in zip(self.param_groups, layout):
+        own = [{k: g[k] for k in _checkpoint.PATH_OPTIONS} for g in self.param_groups]
+        # An option the checkpoint does not name (an older or a reference checkpoint) keeps
+        # the optimizer's value, rather than torch's default.
+        groups = [{**{k: v for k, v in g.items() if k != "params"}, **saved} for g, saved in zip(self.param_groups, state_dict["param_groups"])]
+        super().load_state_dict({"state": saved_state, "param_groups": groups})
+        for group, keep in zip(self.param_groups, own):
             group.update(keep)
         self.defaults["max_grad_norm"] = self.param_groups[0]["max_grad_norm"]
         # torch casts every state tensor to its parameter's dtype; moments of low-precision
@@ -398,62 +468,7 @@ class Adan(Optimizer):
                 fmt = _compact.format_for(p, group["state_dtype"])
                 state.update(_compact.conform_state(p, saved, fmt, _needs_comp(p, group)))
             if "step" in state:
-                state["step"] = torch.as_tensor(state["step"], dtype=torch.float32).reshape(()).to(_step_device(p, group))
-
-    def _check_state_shapes(self, state_dict: dict[str, Any]) -> None:
-        saved_groups = state_dict.get("param_groups", [])
-        if len(saved_groups) != len(self.param_groups):
-            raise ValueError(
-                f"loaded state dict has {len(saved_groups)} parameter groups, the optimizer has {len(self.param_groups)}"
-            )
-        for gi, (saved, group) in enumerate(zip(saved_groups, self.param_groups)):
-            if len(saved["params"]) != len(group["params"]):
-                raise ValueError(
-                    f"loaded state dict's parameter group {gi} has {len(saved['params'])} parameters, "
-                    f"the optimizer's has {len(group['params'])}"
-                )
-            for pi, (saved_id, p) in enumerate(zip(saved["params"], group["params"])):
-                p_state = state_dict["state"].get(saved_id)
-                if p_state is None:
-                    continue
-                expected = {key: tuple(p.shape) for key in (*_STATE_BUFFERS, COMP_KEY)}
-                expected.update({key: _compact.scale_shape(p.shape) for key in SCALE_KEYS.values()})
-                for key, shape in expected.items():
-                    value = p_state.get(key)
-                    if torch.is_tensor(value) and tuple(value.shape) != shape:
-                        raise ValueError(
-                            f"loaded state dict does not match the parameters: group {gi}, parameter {pi}, "
-                            f"state {key!r} has shape {tuple(value.shape)} but {shape} was expected for a parameter "
-                            f"of shape {tuple(p.shape)}"
-                        )
-                if p_state.get("exp_avg") is not None and p_state["exp_avg"].dtype == torch.int8:
-                    missing = [k for k in SCALE_KEYS.values() if not torch.is_tensor(p_state.get(k))]
-                    if missing:
-                        raise ValueError(f"loaded state dict: group {gi}, parameter {pi} has int8 state without {missing}")
-
-
-def _from_reference_format(state_dict: dict[str, Any], current_groups: list[dict[str, Any]]) -> dict[str, Any]:
-    """Convert a reference/timm checkpoint (group-level ``step``) to per-parameter steps.
-
-    The reference's ``foreach``/``fused`` flags name its own code paths; the groups
-    keep this optimizer's choice of path instead.
-    """
-    groups = state_dict.get("param_groups", [])
-    if not any("step" in g for g in groups) or len(groups) != len(current_groups):
-        return state_dict  # not a reference checkpoint, or one the shape check will reject
-    state = {k: dict(v) for k, v in state_dict["state"].items()}
-    new_groups = []
-    for g, current in zip(groups, current_groups):
-        g = dict(g)
-        step = g.pop("step", None)
-        for key in ("foreach", "fused", "maximize", "capturable"):
-            g[key] = current[key]
-        if step is not None:
-            for pid in g["params"]:
-                if pid in state:
-                    state[pid]["step"] = torch.tensor(float(step), dtype=torch.float32)
-        new_groups.append(g)
-    return {"state": state, "param_groups": new_groups}
+                state["step"] = torch.as_tensor(state["step"], dtype=_step_dtype(group)).reshape(()).to(_step_device(p, group))
 
 
 # --------------------------------------------------------------------- maths
@@ -535,6 +550,40 @@ def _shard_group(grad: Tensor) -> Any:
     return mesh.get_group()
 
 
+def _seed_previous_gradients(grads: list[Tensor], negs: list[Tensor], mult: Union[Tensor, float, None]) -> None:
+    """``neg_pre_grad = -g`` with ``g`` exactly as the path computes it (in the compute
+    dtype, times the path's gradient multiplier), so that ``d = g - g'`` is exactly 0 on
+    the first step of a parameter on every path, as in the reference implementation."""
+    for g, neg in zip(grads, negs):
+        work = torch.float64 if neg.dtype == torch.float64 else torch.float32
+        value = g.to(work)
+        if mult is not None:
+            value = value * (mult.to(device=g.device, dtype=work) if torch.is_tensor(mult) else mult)
+        neg.copy_(value)
+        neg.neg_()
+
+
+def _step_dtype(group: dict[str, Any]) -> torch.dtype:
+    """float32, as torch's fused optimizers keep it (the kernels read float32 counts); on the
+    foreach and single-tensor paths float64 under a float64 default dtype, as torch.optim."""
+    if group["fused"] is not False and not group["foreach"]:
+        return torch.float32
+    return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+
+
+_FUSED_DEVICES = ("cpu", "cuda")
+
+
+def _check_fused_params(params: list[Tensor]) -> None:
+    """torch.optim's check (and wording) for ``fused=True``, run before any state is made."""
+    for p in params:
+        if p.device.type not in _FUSED_DEVICES or not (p.is_floating_point() or p.is_complex()):
+            raise RuntimeError(
+                "`fused=True` requires all the params to be floating point Tensors of supported devices: "
+                f"{list(_FUSED_DEVICES)} (got {p.dtype} on {p.device})"
+            )
+
+
 def _step_device(p: Tensor, group: dict[str, Any]) -> torch.device:
     """The fused CUDA kernel and capturable mode read the step count on the device."""
     on_device = group["capturable"] or (group["fused"] is not False and p.device.type == "cuda")
@@ -610,12 +659,14 @@ def _adan_lists(
     cpu = device.type == "cpu" and not torch.compiler.is_compiling()
     _c = (lambda x: torch.tensor(x, dtype=torch.float64)) if cpu else (lambda x: x)
     step_size, step_size_diff, inv_bc3_sqrt = coefs
-    if scale is not None:
-        g = _scale_grads(g, scale, device)
     work = p
     if p[0].dtype != m[0].dtype:  # low-precision parameters: float32 maths and state
         g = [x.to(m[0].dtype) for x in g]
         work = [x.to(m[0].dtype) for x in p]
+    if scale is not None:  # after the upcast: the clip factor multiplies in float32, as in the kernels
+        g = _scale_grads(g, scale, device)
+    if torch.is_tensor(lr):  # weight decay's 1 +- lr wd in float64, whatever the lr tensor's dtype
+        lr = lr.to(dtype=torch.float64)
     torch._foreach_add_(neg, g)  # d = g - g'
     torch._foreach_lerp_(m, g, 1 - beta1)
     torch._foreach_lerp_(v, neg, 1 - beta2)
@@ -705,7 +756,7 @@ def _per_tensor_compact(lists, extras, coefs: tuple[Tensor, ...], kwargs) -> Non
     lives) and encoded back; at a parameter's first step its previous gradient is the
     current one, exactly (the stored one may have been rounded).
     """
-    state_scales, param_comps, state_steps, param_update = extras
+    state_scales, param_comps, state_steps, param_update, generator = extras
     kwargs = dict(kwargs)
     scale = kwargs.pop("scale")
     for i in range(len(lists[0])):
@@ -726,10 +777,10 @@ def _per_tensor_compact(lists, extras, coefs: tuple[Tensor, ...], kwargs) -> Non
                 views = (views[0], g.reshape(rows, cols)[r, c], *views[1:])
                 bc = c if c == slice(None) else slice(c.start // _compact.BLOCK, -(-c.stop // _compact.BLOCK))
                 scale_views = None if scales is None else tuple(s[r, bc] for s in scales)
-            _compact_slice(*views, scale_views, first, tensor_coefs, scale, param_update, kwargs)
+            _compact_slice(*views, scale_views, first, tensor_coefs, scale, param_update, generator, kwargs)
 
 
-def _compact_slice(p, g, m, v, n, neg, comp, scales, first, coefs, scale, param_update, kwargs) -> None:
+def _compact_slice(p, g, m, v, n, neg, comp, scales, first, coefs, scale, param_update, generator, kwargs) -> None:
     state = {"exp_avg": m, "exp_avg_diff": v, "exp_avg_sq": n, "neg_pre_grad": neg}
     if scales is not None:
         state.update(zip((SCALE_KEYS[k] for k in _MOMENTS), scales))
@@ -743,10 +794,12 @@ def _compact_slice(p, g, m, v, n, neg, comp, scales, first, coefs, scale, param_
     else:
         p32 = p  # float32 parameters are updated in place
     _adan_lists([p32], [g32], [m32], [v32], [n32], [neg32], coefs, scale=None, **kwargs)
+    if m.dtype == torch.int8:
+        m32 = _compact.mark_nonfinite(m32, n32)
     for key, value in zip((*_MOMENTS, "neg_pre_grad"), (m32, v32, n32, neg32)):
-        _compact.encode_into(state, key, value)
+        _compact.encode_into(state, key, value, generator=generator)
     if p32 is not p:
-        _compact.write_param(p, p32, param_update, comp)
+        _compact.write_param(p, p32, param_update, comp, generator)
 
 
 def _single_tensor_adan(
@@ -771,6 +824,7 @@ def _single_tensor_adan(
     state_scales: Optional[list[Optional[tuple[Tensor, Tensor, Tensor]]]] = None,
     param_comps: Optional[list[Optional[Tensor]]] = None,
     param_update: str = "nearest",
+    generator: Optional[torch.Generator] = None,
 ) -> None:
     if not params:
         return
@@ -784,7 +838,7 @@ def _single_tensor_adan(
         _increment(steps)
         coefs = _step_coefficients(torch.stack(steps), lr, beta1, beta2, beta3)
         if compact:
-            _per_tensor_compact(part[:6], (part[7], part[8], steps, param_update), coefs, kwargs)
+            _per_tensor_compact(part[:6], (part[7], part[8], steps, param_update, generator), coefs, kwargs)
         else:
             _per_tensor(part[:6], coefs, range(len(part[0])), kwargs)
 
@@ -811,6 +865,7 @@ def _multi_tensor_adan(
     state_scales: Optional[list[Optional[tuple[Tensor, Tensor, Tensor]]]] = None,
     param_comps: Optional[list[Optional[Tensor]]] = None,
     param_update: str = "nearest",
+    generator: Optional[torch.Generator] = None,
 ) -> None:
     if not params:
         return
@@ -820,7 +875,7 @@ def _multi_tensor_adan(
         _single_tensor_adan(
             *compact[:7], clip_coef=clip_coef, beta1=beta1, beta2=beta2, beta3=beta3, lr=lr, weight_decay=weight_decay,
             eps=eps, no_prox=no_prox, maximize=maximize, capturable=capturable,
-            state_scales=compact[7], param_comps=compact[8], param_update=param_update,
+            state_scales=compact[7], param_comps=compact[8], param_update=param_update, generator=generator,
         )  # fmt: skip
     params, grads, exp_avgs, exp_avg_sqs, exp_avg_diffs, neg_pre_grads, state_steps = lists[:7]
     if not params:
@@ -915,6 +970,7 @@ def adan(
     state_scales: Optional[list[Optional[tuple[Tensor, Tensor, Tensor]]]] = None,
     param_comps: Optional[list[Optional[Tensor]]] = None,
     param_update: str = "nearest",
+    generator: Optional[torch.Generator] = None,
 ) -> None:
     """Functional Adan: update ``params`` and the state lists in place.
 
@@ -922,8 +978,21 @@ def adan(
     scaled gradient at a parameter's first step; the fused kernel instead ignores it at
     ``t = 1``). ``clip_coef`` multiplies every gradient (see
     :func:`global_clip_coefficient`). ``grad_scale``/``found_inf`` (fused only) unscale
-    the gradients and skip the step on inf. See :class:`Adan` for the rest.
+    the gradients and skip the step on inf. ``generator`` supplies the stochastic-rounding
+    bits of compact state (torch's default generator when ``None``). Every gradient and
+    state tensor must have its parameter's shape (``ValueError`` otherwise). See
+    :class:`Adan` for the rest.
     """
+    if not params:
+        return
+    check_state_shapes(
+        params,
+        (("grad", grads), ("exp_avg", exp_avgs), ("exp_avg_diff", exp_avg_diffs), ("exp_avg_sq", exp_avg_sqs),
+         ("neg_pre_grad", neg_pre_grads), ("param_comp", param_comps)),
+        state_scales, _compact.scale_shape,
+    )  # fmt: skip
+    if torch.is_tensor(lr) and lr.dim() != 0:  # any one-element lr, as torch.optim takes it
+        lr = lr.reshape(())
     foreach, fused = _resolve_path(params, foreach, fused)
     if fused:
         func = _fused_adan
@@ -952,5 +1021,6 @@ def adan(
         state_scales=state_scales,
         param_comps=param_comps,
         param_update=param_update,
+        generator=generator,
         **({"grad_scale": grad_scale, "found_inf": found_inf} if fused else {}),
     )

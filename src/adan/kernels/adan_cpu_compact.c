@@ -8,6 +8,7 @@
  *   fmt 0  float32 state      stored as is
  *   fmt 1  bfloat16 state     m, v, n and -g_prev stochastically rounded to bfloat16
  *   fmt 2  int8 state         m, v: q = sign(x) floor(127 sqrt(|x|/s) + 1/2), x = s sign(q) (q/127)^2
+ *                             (q = -128: NaN; s and the codes of the others ignore non-finite values)
  *                             n:    q = max(floor(255 (x/s)^(1/4) + 1/2), [x > 0]), x = s (q/255)^4
  *                             with s the block's largest magnitude (one float32 per block);
  *                             -g_prev in bfloat16, stochastically rounded
@@ -31,6 +32,8 @@
 #include "parallel_slices.h"
 
 #define BLOCK 256
+#define NONFINITE_CODE (-128) /* m, v codes run over [-127, 127]; -128 marks NaN/inf */
+#define FINITE(x) (fabsf(x) <= 3.402823466e38f) /* false for NaN and +-inf, branch-free */
 
 enum { DT_F32 = 0, DT_BF16 = 2, DT_F16 = 3 };
 enum { FMT_F32 = 0, FMT_BF16 = 1, FMT_INT8 = 2 };
@@ -94,8 +97,8 @@ static inline __attribute__((always_inline)) void block_impl(
         const float fm = ms[sidx] / 16129.0f, fv = vs[sidx] / 16129.0f, fn = ns[sidx] / 4228250625.0f;
         for (int64_t i = 0; i < len; ++i) {
             const float qm = (float)mc[i], qv = (float)vc[i], qn = (float)nc[i];
-            m[i] = qm * fabsf(qm) * fm;
-            v[i] = qv * fabsf(qv) * fv;
+            m[i] = mc[i] == NONFINITE_CODE ? NAN : qm * fabsf(qm) * fm;
+            v[i] = vc[i] == NONFINITE_CODE ? NAN : qv * fabsf(qv) * fv;
             const float qn2 = qn * qn;
             n[i] = qn2 * qn2 * fn;
         }
@@ -160,12 +163,15 @@ static inline __attribute__((always_inline)) void block_impl(
     }
     if (fmt == FMT_INT8) {
         /* The block maxima, in a loop of their own: in the update loop they would keep it
-         * scalar, and fmaxf would be a libm call per element. */
+         * scalar, and fmaxf would be a libm call per element. Non-finite values are left
+         * out of them (see FINITE). */
 #pragma omp simd reduction(max : amax_m, amax_v, max_n)
         for (int64_t i = 0; i < len; ++i) {
-            amax_m = fabsf(m[i]) > amax_m ? fabsf(m[i]) : amax_m;
-            amax_v = fabsf(v[i]) > amax_v ? fabsf(v[i]) : amax_v;
-            max_n = n[i] > max_n ? n[i] : max_n;
+            const float am = FINITE(m[i]) ? fabsf(m[i]) : 0.0f, av = FINITE(v[i]) ? fabsf(v[i]) : 0.0f;
+            const float an = FINITE(n[i]) ? n[i] : 0.0f;
+            amax_m = am > amax_m ? am : amax_m;
+            amax_v = av > amax_v ? av : amax_v;
+            max_n = an > max_n ? an : max_n;
         }
         int8_t *mc = (int8_t *)mq + base, *vc = (int8_t *)vq + base;
         uint8_t *nc = (uint8_t *)nq + base;
@@ -175,12 +181,15 @@ static inline __attribute__((always_inline)) void block_impl(
         vs[sidx] = amax_v;
         ns[sidx] = max_n;
         for (int64_t i = 0; i < len; ++i) {
-            const float qm = floorf(sqrtf(fabsf(m[i]) * im) * 127.0f + 0.5f);
-            const float qv = floorf(sqrtf(fabsf(v[i]) * iv) * 127.0f + 0.5f);
-            float qn = floorf(sqrtf(sqrtf(n[i] * in)) * 255.0f + 0.5f);
-            qn = n[i] > 0.0f && qn < 1.0f ? 1.0f : qn;
-            mc[i] = (int8_t)(m[i] < 0.0f ? -qm : qm);
-            vc[i] = (int8_t)(v[i] < 0.0f ? -qv : qv);
+            /* A non-finite n cannot be coded in 8 bits: the element's m carries the mark. */
+            const int okm = FINITE(m[i]) && FINITE(n[i]), okv = FINITE(v[i]), okn = FINITE(n[i]);
+            const float mi = okm ? m[i] : 0.0f, vi = okv ? v[i] : 0.0f, ni = okn ? n[i] : 0.0f;
+            const float qm = floorf(sqrtf(fabsf(mi) * im) * 127.0f + 0.5f);
+            const float qv = floorf(sqrtf(fabsf(vi) * iv) * 127.0f + 0.5f);
+            float qn = floorf(sqrtf(sqrtf(ni * in)) * 255.0f + 0.5f);
+            qn = ni > 0.0f && qn < 1.0f ? 1.0f : qn;
+            mc[i] = okm ? (int8_t)(mi < 0.0f ? -qm : qm) : (int8_t)NONFINITE_CODE;
+            vc[i] = okv ? (int8_t)(vi < 0.0f ? -qv : qv) : (int8_t)NONFINITE_CODE;
             nc[i] = (uint8_t)qn;
         }
     } else if (fmt == FMT_BF16) {

@@ -20,6 +20,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from adan._checks import check_state_shapes
+
 _BLOCK = 1024
 
 
@@ -104,6 +106,11 @@ def launch_triton(
 ) -> None:
     """One fused Adan step over a bucket of same-device, same-dtype tensors."""
     device = params[0].device
+    check_state_shapes(
+        params,
+        (("grad", grads), ("exp_avg", exp_avgs), ("exp_avg_diff", exp_avg_diffs), ("exp_avg_sq", exp_avg_sqs),
+         ("neg_pre_grad", neg_pre_grads)),
+    )  # fmt: skip
     if any(not p.is_contiguous() for p in params):
         raise ValueError("fused Adan needs contiguous parameters (use foreach=True for strided ones)")
     grads = [g if g.dtype == p.dtype and g.is_contiguous() else g.to(p.dtype).contiguous() for p, g in zip(params, grads)]

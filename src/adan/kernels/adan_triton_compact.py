@@ -19,7 +19,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from adan._compact import BLOCK, block_layout
+from adan._checks import check_state_shapes
+from adan._compact import BLOCK, block_layout, scale_shape
 from adan.kernels.adan_triton import _bits, _f64, step_coefficients
 
 
@@ -69,8 +70,8 @@ def _adan_compact_kernel(
             qm = tl.load(m_ptr + offs, mask=mask, other=0).to(tl.float32)
             qv = tl.load(v_ptr + offs, mask=mask, other=0).to(tl.float32)
             qn = tl.load(n_ptr + offs, mask=mask, other=0).to(tl.float32)
-            m = qm * tl.abs(qm) * fm
-            v = qv * tl.abs(qv) * fv
+            m = tl.where(qm == -128.0, float("nan"), qm * tl.abs(qm) * fm)  # -128 marks NaN/inf
+            v = tl.where(qv == -128.0, float("nan"), qv * tl.abs(qv) * fv)
             qn2 = qn * qn
             n = qn2 * qn2 * fn
         else:
@@ -114,6 +115,13 @@ def _adan_compact_kernel(
             tl.store(v_ptr + offs, _to_bf16_sr(v, r0 >> 16), mask=mask)
             tl.store(n_ptr + offs, _to_bf16_sr(n, r1), mask=mask)
         if FMT == 2:
+            # Non-finite values stay out of the scales; a non-finite n marks its element's m.
+            okn = tl.abs(n) < float("inf")
+            okm = (tl.abs(m) < float("inf")) & okn
+            okv = tl.abs(v) < float("inf")
+            m = tl.where(okm, m, 0.0)
+            v = tl.where(okv, v, 0.0)
+            n = tl.where(okn, n, 0.0)
             am = tl.max(tl.where(mask, tl.abs(m), 0.0), axis=0)
             av = tl.max(tl.where(mask, tl.abs(v), 0.0), axis=0)
             an = tl.max(tl.where(mask, n, 0.0), axis=0)
@@ -127,8 +135,8 @@ def _adan_compact_kernel(
             cv = tl.floor(tl.sqrt(tl.abs(v) * iv) * 127.0 + 0.5)
             cn = tl.floor(tl.sqrt(tl.sqrt(n * inn)) * 255.0 + 0.5)
             cn = tl.where((n > 0) & (cn < 1.0), 1.0, cn)
-            tl.store(m_ptr + offs, tl.where(m < 0, -cm, cm).to(tl.int8), mask=mask)
-            tl.store(v_ptr + offs, tl.where(v < 0, -cv, cv).to(tl.int8), mask=mask)
+            tl.store(m_ptr + offs, tl.where(okm, tl.where(m < 0, -cm, cm), -128.0).to(tl.int8), mask=mask)
+            tl.store(v_ptr + offs, tl.where(okv, tl.where(v < 0, -cv, cv), -128.0).to(tl.int8), mask=mask)
             tl.store(n_ptr + offs, cn.to(tl.uint8), mask=mask)
 
 
@@ -154,15 +162,24 @@ def launch_triton_compact(
     eps: float,
     weight_decay: float,
     no_prox: bool,
+    generator: torch.Generator | None = None,
 ) -> None:
     """One fused compact-state step over same-device tensors (one launch per tensor)."""
     device = params[0].device
+    check_state_shapes(
+        params,
+        (("grad", grads), ("exp_avg", exp_avgs), ("exp_avg_diff", exp_avg_diffs), ("exp_avg_sq", exp_avg_sqs),
+         ("neg_pre_grad", neg_pre_grads), ("param_comp", param_comps)),
+        state_scales, scale_shape,
+    )  # fmt: skip
     if any(not p.is_contiguous() for p in params):
         raise ValueError("fused Adan needs contiguous parameters (use foreach=True for strided ones)")
     if param_update == "stochastic" and any(p.dtype == torch.float16 for p in params):
         raise ValueError("param_update='stochastic' rounds to bfloat16; float16 parameters take 'kahan'")
     coefs = step_coefficients(state_steps, scalars, beta1, beta2, beta3, device)
-    seed = torch.randint(0, 2**31 - 1, (1,), dtype=torch.int32, device=device)  # no host sync
+    if generator is not None and generator.device != device:
+        generator = None
+    seed = torch.randint(0, 2**31 - 1, (1,), dtype=torch.int32, device=device, generator=generator)  # no host sync
     hp = [_bits(beta1), _bits(beta2), _bits(beta3), _bits(eps), _bits(weight_decay)]
     for k, p in enumerate(params):
         rows, cols = block_layout(p.shape)

@@ -1,0 +1,95 @@
+"""Checks that keep the kernels memory-safe and the options honest.
+
+The fused kernels read every state buffer as a flat array of its parameter's ``numel``:
+a parameter resized in place (``p.data = torch.cat(...)``) after its state was made
+would have them write past the ends of the buffers. :func:`check_state_shapes` runs on
+every path before any kernel or op touches memory, at the cost of comparing shape
+tuples (no device access, no host sync).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Optional, Sequence
+
+from torch import Tensor
+
+__all__ = ["StateShapeError", "check_state_shapes", "check_foreign_options", "check_no_duplicates"]
+
+# Options of other optimizers (or of Adan variants) that change the update. A group that
+# sets one of them to a true value was made for something else: loading it as plain Adan
+# would silently run different maths.
+FOREIGN_OPTIONS = {
+    "caution": "timm's cautious Adan (cadan)",
+    "amsgrad": "AMSGrad (Adam/AdamW)",
+    "nesterov": "Nesterov momentum (SGD/NAdam)",
+    "momentum": "momentum (SGD/RMSprop)",
+    "decoupled_weight_decay": "decoupled weight decay (NAdam/RAdam/Adam)",
+    "corrected_weight_decay": "corrected weight decay (timm)",
+    "momentum_decay": "NAdam's momentum decay",
+    "centered": "centered RMSprop",
+    "lr_decay": "Adagrad's lr decay",
+}
+
+
+class StateShapeError(ValueError):
+    """A gradient or state buffer whose shape does not match its parameter's."""
+
+    def __init__(self, index: int, name: str, param_shape: tuple, shape: tuple, where: Optional[str] = None):
+        self.index, self.name, self.param_shape, self.shape = index, name, param_shape, shape
+        super().__init__(self.describe(where or f"parameter {index}"))
+
+    def describe(self, where: str) -> str:
+        return (
+            f"Adan: {where} has shape {self.param_shape} but its {self.name!r} has shape {self.shape}; "
+            "was the parameter resized in place (p.data = ...) after its optimizer state was made? "
+            "Build a new optimizer, or drop the parameter's state (del opt.state[p]), after resizing it"
+        )
+
+
+def check_state_shapes(
+    params: Sequence[Tensor],
+    named_lists: Iterable[tuple[str, Optional[Sequence[Optional[Tensor]]]]],
+    scales: Optional[Sequence[Optional[tuple[Tensor, ...]]]] = None,
+    scale_shape: Any = None,
+) -> None:
+    """Raise :class:`StateShapeError` unless every tensor of every list has its parameter's
+    shape (``None`` lists and entries are skipped), and every int8 scale triple has
+    ``scale_shape(p.shape)``. Comparing shape tuples costs about 0.1 us a tensor."""
+    shapes = [p.shape for p in params]
+    for name, tensors in named_lists:
+        if tensors is None:
+            continue
+        if [t.shape if t is not None else s for t, s in zip(tensors, shapes)] != shapes:
+            for i, (t, s) in enumerate(zip(tensors, shapes)):
+                if t is not None and t.shape != s:
+                    raise StateShapeError(i, name, tuple(s), tuple(t.shape))
+    if scales is not None and any(s is not None for s in scales):
+        for i, (triple, s) in enumerate(zip(scales, shapes)):
+            if triple is None:
+                continue
+            want = tuple(scale_shape(s))
+            for name, t in zip(("exp_avg_scale", "exp_avg_diff_scale", "exp_avg_sq_scale"), triple):
+                if tuple(t.shape) != want:
+                    raise StateShapeError(i, name, tuple(s), tuple(t.shape))
+
+
+def check_foreign_options(group: dict[str, Any], where: str) -> None:
+    """Refuse a group that turns on an option of another optimizer (see FOREIGN_OPTIONS)."""
+    for key, what in FOREIGN_OPTIONS.items():
+        if group.get(key):
+            raise ValueError(
+                f"{where} sets {key}={group[key]!r}, an option of {what} that plain Adan does not implement; "
+                f"loading or running it as Adan would silently change the maths (remove {key!r} to use plain Adan)"
+            )
+
+
+def check_no_duplicates(params: Sequence[Any], where: str) -> None:
+    """Refuse a parameter listed twice: the fused kernel would update it from two threads."""
+    seen: set[int] = set()
+    for i, p in enumerate(params):
+        if id(p) in seen:
+            raise ValueError(
+                f"{where} lists the same parameter twice (position {i}, shape {tuple(p.shape)}); "
+                "it would be updated twice per step (and raced on by the fused kernel's threads)"
+            )
+        seen.add(id(p))
