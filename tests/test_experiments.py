@@ -184,3 +184,104 @@ def test_shipped_data():
     assert d.shape == (1, 28, 28) and d.classes == 10
     text = datasets.load_text()
     assert len(text.vocab) < 100 and sum(len(v) for v in text.splits.values()) > 4_000_000
+
+
+# ------------------------------------------------- bad inputs give clear errors
+def _idx_set(root, n_train=5100, train_shape=(28, 28), test_shape=(28, 28), label_shape=None, gz=False):
+    rng = np.random.default_rng(0)
+    _write_idx(root / "train-images-idx3-ubyte", rng.integers(0, 256, (n_train, *train_shape)), gz)
+    _write_idx(root / "train-labels-idx1-ubyte", rng.integers(0, 10, label_shape or n_train), gz)
+    _write_idx(root / "t10k-images-idx3-ubyte", rng.integers(0, 256, (50, *test_shape)), gz)
+    _write_idx(root / "t10k-labels-idx1-ubyte", rng.integers(0, 10, 50), gz)
+
+
+BAD_IDX = {
+    "too_few_training_images": (dict(n_train=5000), "5000 training images; more than 5000 are needed"),
+    "test_images_of_another_size": (dict(test_shape=(32, 32)), r"training images are \(28, 28\) but test images \(32, 32\)"),
+    "two_dimensional_labels": (dict(label_shape=(5100, 2)), "labels must be a 1-D IDX array"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_IDX))
+def test_idx_loader_clear_errors(tmp_path, case):
+    kwargs, match = BAD_IDX[case]
+    _idx_set(tmp_path, **kwargs)
+    with pytest.raises(ExperimentError, match=match):
+        datasets.load_images(tmp_path)
+
+
+def test_idx_header_only_and_non_gzip(tmp_path):
+    _idx_set(tmp_path)
+    (tmp_path / "train-images-idx3-ubyte").write_bytes(b"\x00\x00\x08\x03\x00\x00")
+    with pytest.raises(ExperimentError, match="IDX header is cut short"):
+        datasets.load_images(tmp_path)
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        (tmp_path / name).unlink()
+        (tmp_path / f"{name}.gz").write_bytes(b"not gzip at all")
+    with pytest.raises(ExperimentError, match="cannot be read"):
+        datasets.load_images(tmp_path)
+
+
+def test_bad_cifar_pickle(tmp_path):
+    root = tmp_path / "cifar-10-batches-py"
+    root.mkdir()
+    for name in (*(f"data_batch_{i}" for i in range(1, 6)), "test_batch"):
+        (root / name).write_bytes(b"garbage, not a pickle")
+    with pytest.raises(ExperimentError, match="not a CIFAR-10 python batch"):
+        datasets.load_images(tmp_path)
+
+
+@pytest.mark.parametrize("content", ["", '{"schema": "adan-experiments/1", "sta', '{"foreign": true}'])
+def test_damaged_run_file_is_rerun_not_fatal(tmp_path, content):
+    out = tmp_path / "res"
+    assert main(["vision", "--quick", "--out", str(out), *TINY, "--seeds", "1", "--optimizers", "adan"]) == 0
+    victim = sorted((out / "vision" / "runs").glob("*.json"))[0]
+    victim.write_text(content)
+    with pytest.warns(RuntimeWarning, match=str(victim.name)):
+        assert main(["report", "--out", str(out)]) == 0
+    with pytest.warns(RuntimeWarning, match=str(victim.name)):
+        assert main(["vision", "--quick", "--out", str(out), *TINY, "--seeds", "1", "--optimizers", "adan"]) == 0
+    assert json.loads(victim.read_text())["status"] == "done"  # run again
+
+
+def test_damaged_selection_file_names_the_file(tmp_path, capsys):
+    out = tmp_path / "res"
+    assert main(["vision", "--quick", "--out", str(out), *TINY, "--seeds", "1", "--optimizers", "adan"]) == 0
+    (out / "vision" / "selection.json").write_text("{")
+    assert main(["vision", "--quick", "--out", str(out), *TINY, "--seeds", "1", "--optimizers", "adan"]) == 2
+    assert "selection.json is unreadable" in capsys.readouterr().err
+
+
+def test_workers_die_with_their_parent(tmp_path):
+    """A --jobs N parent killed with SIGKILL takes its workers with it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    code = (
+        "import time\n"
+        "from concurrent.futures import ProcessPoolExecutor\n"
+        "import multiprocessing as mp\n"
+        "from adan.experiments.runner import _die_with_parent\n"
+        "if __name__ == '__main__':\n"
+        "    with ProcessPoolExecutor(2, mp_context=mp.get_context('spawn'), initializer=_die_with_parent) as pool:\n"
+        "        futs = [pool.submit(time.sleep, 600) for _ in range(2)]\n"
+        "        time.sleep(1)\n"
+        "        print(' '.join(str(p) for p in pool._processes), flush=True)\n"
+        "        time.sleep(600)\n"
+    )
+    script = tmp_path / "parent.py"
+    script.write_text(code)
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    pids = [int(x) for x in proc.stdout.readline().split()]
+    assert len(pids) == 2
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.time() + 10
+    alive = pids
+    while alive and time.time() < deadline:
+        time.sleep(0.2)
+        alive = [p for p in alive if os.path.exists(f"/proc/{p}") and "Z" not in open(f"/proc/{p}/stat").read().split()[2]]
+    assert not alive, f"workers {alive} outlived their parent"

@@ -468,7 +468,10 @@ class Adan(Optimizer):
                 fmt = _compact.format_for(p, group["state_dtype"])
                 state.update(_compact.conform_state(p, saved, fmt, _needs_comp(p, group)))
             if "step" in state:
-                state["step"] = torch.as_tensor(state["step"], dtype=_step_dtype(group)).reshape(()).to(_step_device(p, group))
+                # a copy: torch hands over the checkpoint's own step tensor, which step() would then advance
+                state["step"] = torch.as_tensor(state["step"]).reshape(()).to(
+                    device=_step_device(p, group), dtype=_step_dtype(group), copy=True
+                )
 
 
 # --------------------------------------------------------------------- maths

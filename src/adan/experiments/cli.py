@@ -78,7 +78,7 @@ def _optimizers(args, section: str, allowed=None) -> list[str]:
 
 def _tuned(args, config, out: Path, base: dict, models, optimizers) -> dict[str, dict[str, float]]:
     """Choose each optimizer's lr multiplier on validation data (seed 0); cached in selection.json."""
-    from adan.experiments.runner import execute, load_runs, run_id, write_json
+    from adan.experiments.runner import execute, load_runs, read_json, run_id, write_json
 
     task = base["task"]
     key = lambda m: m if base.get("size", "full") == "full" else f"{m}-{base['size']}"  # noqa: E731
@@ -88,7 +88,7 @@ def _tuned(args, config, out: Path, base: dict, models, optimizers) -> dict[str,
     done = {r["run_id"]: r for r in load_runs(out, task)}
     metric, better = METRIC[task]
     path = out / task / "selection.json"
-    selection = json.loads(path.read_text()) if path.exists() else {}
+    selection = read_json(path, "selection file") if path.exists() else {}
     for m in models:
         for o in optimizers:
             scores = {g: done[run_id({**base, "model": m, "optimizer": o, "lr_mult": g, "seed": 0})]["final"][metric] for g in grid}

@@ -89,11 +89,16 @@ def _find(root: Path, stem: str) -> Path | None:
 
 def _read_idx(path: Path) -> np.ndarray:
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError) as exc:  # gzip.BadGzipFile is an OSError
+        raise ExperimentError(f"{path}: cannot be read ({exc})") from None
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
         raise ExperimentError(f"{path}: not an unsigned-byte IDX file")
     ndim = data[3]
+    if len(data) < 4 + 4 * ndim:
+        raise ExperimentError(f"{path}: the IDX header is cut short ({len(data)} bytes for {ndim} dimensions)")
     dims = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
     body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
     if body.size != int(np.prod(dims)):
@@ -109,9 +114,20 @@ def _load_idx(root: Path, val: int = 5000) -> tuple[dict, dict]:
         if path is None:
             raise ExperimentError(f"--data-dir {root}: missing {stem}[.gz]")
         files[key] = _read_idx(path)
+    for key in ("xtr", "xte"):
+        if files[key].ndim != 3:
+            raise ExperimentError(f"--data-dir {root}: images must be an (N, H, W) IDX array, got shape {files[key].shape}")
+    for key in ("ytr", "yte"):
+        if files[key].ndim != 1:
+            raise ExperimentError(f"--data-dir {root}: labels must be a 1-D IDX array, got shape {files[key].shape}")
+    if files["xtr"].shape[1:] != files["xte"].shape[1:]:
+        raise ExperimentError(
+            f"--data-dir {root}: training images are {files['xtr'].shape[1:]} but test images {files['xte'].shape[1:]}"
+        )
     xtr, ytr = files["xtr"][:, None], files["ytr"]
     if len(xtr) != len(ytr) or len(files["xte"]) != len(files["yte"]):
         raise ExperimentError(f"--data-dir {root}: image and label counts differ")
+    _check_split(root, len(xtr), val)
     images = {"train": xtr[:-val], "val": xtr[-val:], "test": files["xte"][:, None]}
     labels = {"train": ytr[:-val], "val": ytr[-val:], "test": files["yte"]}
     return images, labels
@@ -122,14 +138,28 @@ def _load_cifar10(root: Path, val: int = 5000) -> tuple[dict, dict]:
         path = root / name
         if not path.exists():
             raise ExperimentError(f"--data-dir {root}: missing CIFAR-10 batch {name}")
-        with open(path, "rb") as f:
-            d = pickle.load(f, encoding="bytes")
-        return np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32), np.asarray(d[b"labels"])
+        try:
+            with open(path, "rb") as f:
+                d = pickle.load(f, encoding="bytes")
+            x, y = np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32), np.asarray(d[b"labels"])
+        except Exception as exc:  # unpickling a foreign file can raise almost anything
+            raise ExperimentError(f"{path}: not a CIFAR-10 python batch ({type(exc).__name__}: {exc})") from None
+        if y.ndim != 1 or len(y) != len(x):
+            raise ExperimentError(f"{path}: {len(x)} images but labels of shape {y.shape}")
+        return x, y
 
     parts = [batch(f"data_batch_{i}") for i in range(1, 6)]
     x, y = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+    _check_split(root, len(x), val)
     xte, yte = batch("test_batch")
     return {"train": x[:-val], "val": x[-val:], "test": xte}, {"train": y[:-val], "val": y[-val:], "test": yte}
+
+
+def _check_split(root: Path, n_train: int, val: int) -> None:
+    if n_train <= val:
+        raise ExperimentError(
+            f"--data-dir {root}: {n_train} training images; more than {val} are needed (the last {val} are the validation split)"
+        )
 
 
 @dataclass

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,9 @@ PRIMARY = {"vision": ("test_acc", "test accuracy", True), "lm": ("test_loss", "t
 
 def _meta(out: Path, section: str) -> dict[str, Any] | None:
     path = out / section / "meta.json"
-    return json.loads(path.read_text()) if path.exists() else None
+    from adan.experiments.runner import read_json
+
+    return read_json(path, "meta file") if path.exists() else None
 
 
 def _ms(values: list[float], digits: int = 4) -> str:

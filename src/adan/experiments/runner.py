@@ -18,6 +18,7 @@ import platform
 import sys
 import tempfile
 import traceback
+import warnings
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any, Iterable
@@ -64,14 +65,52 @@ def write_json(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
+def read_json(path: Path, what: str = "file") -> Any:
+    """A JSON file's contents; ``ExperimentError`` naming the file if it is unreadable."""
+    from adan.experiments.optim import ExperimentError
+
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ExperimentError(f"{what} {path} is unreadable ({exc}); delete it to rebuild it") from None
+
+
+def read_run(path: Path) -> dict[str, Any] | None:
+    """A finished run's record, or ``None`` (with a warning naming the file) when the file is
+    truncated, empty or not a run of this harness: such a run counts as unfinished."""
+    try:
+        record = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        warnings.warn(f"ignoring unreadable run file {path} ({exc}); it will be run again", RuntimeWarning, stacklevel=2)
+        return None
+    if not isinstance(record, dict) or record.get("schema") != SCHEMA or record.get("status") != "done":
+        warnings.warn(f"ignoring {path}: not a finished {SCHEMA} run; it will be run again", RuntimeWarning, stacklevel=2)
+        return None
+    return record
+
+
 def load_runs(out: Path, task: str | None = None) -> list[dict[str, Any]]:
     runs = []
     for path in sorted(Path(out).glob(f"{task or '*'}/runs/*.json")):
-        with open(path) as f:
-            record = json.load(f)
-        if record.get("schema") == SCHEMA and record.get("status") == "done":
+        record = read_run(path)
+        if record is not None:
             runs.append(record)
     return runs
+
+
+def _die_with_parent() -> None:
+    """Worker initializer: on Linux, get SIGKILL when the parent dies (even by SIGKILL), so
+    that killing a ``--jobs N`` command never leaves its workers training forever."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        if os.getppid() == 1:  # the parent died before prctl took effect
+            os._exit(1)
 
 
 def _worker(spec: dict[str, Any], config: dict[str, Any], out: str) -> tuple[str, str | None]:
@@ -95,7 +134,7 @@ def execute(specs: Iterable[dict[str, Any]], config: dict[str, Any], out: Path, 
     todo, seen = [], set()
     for spec in specs:
         rid = run_id(spec)
-        if rid in seen or run_path(out, spec).exists():
+        if rid in seen or read_run(run_path(out, spec)) is not None:
             continue
         seen.add(rid)
         todo.append(spec)
@@ -113,7 +152,7 @@ def execute(specs: Iterable[dict[str, Any]], config: dict[str, Any], out: Path, 
         else:
             import multiprocessing as mp
 
-            with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
+            with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"), initializer=_die_with_parent) as pool:
                 futures = [pool.submit(_worker, spec, config, str(out)) for spec in todo]
                 for fut in as_completed(futures):
                     rid, err = fut.result()

@@ -1,0 +1,372 @@
+"""The edges: memory safety, the kernel cache, transactional checkpoints, numerics at the limits.
+
+Each test names the item of the hardening issue it covers.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from adan import Adan, adan
+from adan import _compact, _native
+from adan._fused import fused_available
+from optim_info import PATHS
+
+CPU_FUSED = fused_available("cpu")
+ALL_PATHS = [p for p in PATHS if p != "fused" or CPU_FUSED]
+
+
+def _model(seed: int = 0, dtype=None) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 4))
+    return model if dtype is None else model.to(dtype)
+
+
+def _train(opt, model, steps: int, seed: int = 1) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        x = torch.randn(16, 8, generator=gen).to(next(model.parameters()).dtype)
+        opt.zero_grad(set_to_none=True)
+        model(x).square().mean().backward()
+        opt.step()
+
+
+def _snapshot(opt) -> tuple:
+    return copy.deepcopy(opt.param_groups), {id(p): {k: v.clone() for k, v in s.items() if torch.is_tensor(v)} for p, s in opt.state.items()}
+
+
+def _assert_unchanged(opt, snap) -> None:
+    groups, state = snap
+    assert [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups] == [
+        {k: v for k, v in g.items() if k != "params"} for g in groups
+    ]
+    assert {id(p) for p in opt.state} == set(state)
+    for p, s in opt.state.items():
+        assert s.keys() == state[id(p)].keys()
+        for k, v in s.items():
+            assert torch.equal(v, state[id(p)][k]), k
+
+
+# ------------------------------------------------- 1. a parameter resized in place
+@pytest.mark.parametrize("path", ALL_PATHS)
+@pytest.mark.parametrize("state_dtype", ["float32", "int8"])
+def test_resized_parameter_raises_and_changes_nothing(path, state_dtype):
+    emb = torch.nn.Parameter(torch.randn(64, 128))
+    opt = Adan([emb], lr=1e-2, state_dtype=state_dtype, **PATHS[path])
+    emb.grad = torch.randn_like(emb)
+    opt.step()
+    emb.data = torch.cat([emb.data, torch.randn(32, 128)])  # grow the embedding
+    emb.grad = torch.randn_like(emb)
+    before = emb.detach().clone()
+    snap = _snapshot(opt)
+    with pytest.raises(ValueError, match=r"parameter 0 of parameter group 0 has shape \(96, 128\) but its 'exp_avg' has shape \(64, 128\)"):
+        opt.step()
+    assert torch.equal(emb, before)
+    _assert_unchanged(opt, snap)
+
+
+def test_functional_and_triton_launcher_check_shapes():
+    p, g = torch.zeros(10), torch.zeros(10)
+    bufs = [torch.zeros(10) for _ in range(3)] + [torch.zeros(5)]
+    with pytest.raises(ValueError, match=r"'neg_pre_grad' has shape \(5,\)"):
+        adan([p], [g], *[[b] for b in bufs], [torch.zeros(())], beta1=0.98, beta2=0.92, beta3=0.99, lr=1e-3,
+             weight_decay=0.0, eps=1e-8, no_prox=False, fused=CPU_FUSED or None)  # fmt: skip
+    pytest.importorskip("triton")
+    from adan.kernels.adan_triton import launch_triton
+    from adan.kernels.adan_triton_compact import launch_triton_compact
+
+    with pytest.raises(ValueError, match=r"'neg_pre_grad' has shape \(5,\)"):
+        launch_triton([p], [g], *[[b] for b in bufs], [torch.zeros(())], torch.zeros(3, dtype=torch.float64),
+                      0.98, 0.92, 0.99, 1e-8, 0.0, False)  # fmt: skip
+    big = torch.zeros(64, 128)
+    scales = (torch.zeros(64, 1), torch.zeros(64, 1), torch.zeros(32, 1))
+    with pytest.raises(ValueError, match=r"'exp_avg_sq_scale' has shape \(32, 1\)"):
+        launch_triton_compact([big], [big], [big.to(torch.int8)], [big.to(torch.int8)], [big.to(torch.uint8)],
+                              [big.bfloat16()], [torch.zeros(())], [scales], None, "nearest",
+                              torch.zeros(3, dtype=torch.float64), 0.98, 0.92, 0.99, 1e-8, 0.0, False)  # fmt: skip
+
+
+# ------------------------------------------------------ 2, 3. the kernel cache
+def _fresh_load(monkeypatch, tmp_path):
+    monkeypatch.setenv("ADAN_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(_native, "_loaded", {})
+    return _native.load_library(_native.KERNEL_DIR / "adan_cpu.c")
+
+
+@pytest.mark.skipif(not CPU_FUSED, reason="no C compiler")
+def test_kernel_cache_is_keyed_by_the_cpu(monkeypatch, tmp_path):
+    _fresh_load(monkeypatch, tmp_path)
+    first = sorted(tmp_path.glob("*.so"))
+    monkeypatch.setattr(_native, "_cpu_id", lambda cc: "another-cpu")
+    _fresh_load(monkeypatch, tmp_path)
+    second = sorted(tmp_path.glob("*.so"))
+    assert len(first) == 1 and len(second) == 2, "a different CPU must get its own library"
+    assert "-march=native" in str(_native._FLAG_SETS[0]) and _native._cpu_id.__name__ == "<lambda>"
+
+
+@pytest.mark.skipif(not CPU_FUSED, reason="no C compiler")
+@pytest.mark.parametrize("damage", ["truncate", "corrupt"])
+def test_damaged_cached_library_is_rebuilt_not_loaded(tmp_path, damage):
+    env = {**os.environ, "ADAN_CACHE_DIR": str(tmp_path)}
+    code = "import adan._fused as f; assert f.fused_available('cpu'), f._cpu_error; print('ok')"
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True)
+    (lib,) = [p for p in tmp_path.glob("adan_cpu-*.so")]
+    data = lib.read_bytes()
+    lib.write_bytes(data[: len(data) // 3] if damage == "truncate" else data[:-64] + b"\0" * 64)
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert proc.returncode == 0 and "ok" in proc.stdout, (proc.returncode, proc.stderr[-2000:])
+    assert lib.read_bytes() == data  # rebuilt (the compiler is deterministic here)
+    assert _native._verified(lib)
+
+
+# ------------------------------------------------ 4. the same parameter twice
+def test_duplicate_parameter_in_a_group_is_refused():
+    w = torch.nn.Parameter(torch.randn(3))
+    with pytest.raises(ValueError, match="lists the same parameter twice"):
+        Adan([w, w])
+    opt = Adan([torch.nn.Parameter(torch.randn(2))])
+    with pytest.raises(ValueError, match="parameter group 1 lists the same parameter twice"):
+        opt.add_param_group({"params": [w, w]})
+    assert len(opt.param_groups) == 1
+
+
+# ------------------------------------------- 5-9. checkpoints: validate, then load
+def _trained(**kw):
+    model = _model()
+    opt = Adan(model.parameters(), lr=1e-2, weight_decay=0.02, **kw)
+    _train(opt, model, 3)
+    return model, opt
+
+
+def _mutated(sd, fn):
+    sd = copy.deepcopy(sd)
+    fn(sd)
+    return sd
+
+
+BAD_STATE_DICTS = {
+    "missing_exp_avg_diff": (lambda sd: sd["state"][0].pop("exp_avg_diff"), r"lacks \['exp_avg_diff'\]"),
+    "missing_step": (lambda sd: sd["state"][1].pop("step"), r"lacks \['step'\]"),
+    "missing_exp_avg": (lambda sd: sd["state"][2].pop("exp_avg"), r"lacks \['exp_avg'\]"),
+    "extra_key": (lambda sd: sd["state"][0].update(max_exp_avg_sq=torch.zeros(16, 8)), r"unknown state \['max_exp_avg_sq'\]"),
+    "int_moment": (lambda sd: sd["state"][0].update(exp_avg=torch.zeros(16, 8, dtype=torch.int64)), "must be floating point"),
+    "fractional_step": (lambda sd: sd["state"][0].update(step=torch.tensor(2.5)), "'step' must be a whole number"),
+    "nan_lr": (lambda sd: sd["param_groups"][0].update(lr=float("nan")), "Invalid lr: nan"),
+    "negative_eps": (lambda sd: sd["param_groups"][0].update(eps=-1.0), "Invalid eps"),
+    "two_betas": (lambda sd: sd["param_groups"][0].update(betas=(0.9, 0.999)), "Adan has three"),
+    "cautious_adan": (lambda sd: sd["param_groups"][0].update(caution=True), r"caution=True.*cautious Adan"),
+    "state_not_a_dict": (lambda sd: sd.update(state=[]), "expected a dict with 'state'"),
+    "bad_rng": (lambda sd: sd.update(adan_rng=3), "'adan_rng' is not a generator record"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_STATE_DICTS))
+def test_malformed_state_dict_raises_and_changes_nothing(case):
+    model, opt = _trained()
+    fn, match = BAD_STATE_DICTS[case]
+    bad = _mutated(opt.state_dict(), fn)
+    model2, opt2 = _trained()
+    snap = _snapshot(opt2)
+    with pytest.raises(ValueError, match=match):
+        opt2.load_state_dict(bad)
+    _assert_unchanged(opt2, snap)
+    _train(opt2, model2, 1)  # and it still works
+
+
+def test_adamw_state_dict_is_refused_and_changes_nothing():
+    model = _model()
+    adamw = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    _train(adamw, model, 2)
+    _, opt = _trained()
+    snap = _snapshot(opt)
+    with pytest.raises(ValueError, match=r"betas=\(0\.9, 0\.999\).*another optimizer"):
+        opt.load_state_dict(adamw.state_dict())
+    _assert_unchanged(opt, snap)
+    assert opt.param_groups[0]["betas"] == (0.98, 0.92, 0.99)
+
+
+def test_cautious_group_is_refused_when_added():
+    opt = Adan([torch.nn.Parameter(torch.randn(2))])
+    with pytest.raises(ValueError, match="caution=True"):
+        opt.add_param_group({"params": [torch.nn.Parameter(torch.randn(2))], "caution": True})
+    opt.add_param_group({"params": [torch.nn.Parameter(torch.randn(2))], "caution": False})  # plain Adan: fine
+
+
+@pytest.mark.skipif(not CPU_FUSED, reason="no C compiler")
+def test_path_choices_stay_the_optimizers_own():
+    _, foreach_opt = _trained(foreach=True)
+    model, fused_opt = _trained(fused=True)
+    fused_opt.load_state_dict(foreach_opt.state_dict())
+    assert all(g["fused"] is True and g["foreach"] is None for g in fused_opt.param_groups)
+    fused_opt.grad_scale, fused_opt.found_inf = torch.tensor(2.0), torch.tensor(0.0)  # as GradScaler does
+    _train(fused_opt, model, 1)
+
+
+def test_checkpoint_without_previous_gradient_continues_alike_on_every_path():
+    """Without neg_pre_grad the next gradient is also the previous one (d = 0), as the
+    reference implementation does, on every path: the same as a state whose
+    neg_pre_grad is minus that gradient."""
+    torch.set_default_dtype(torch.float64)
+    try:
+        model, opt = _trained(max_grad_norm=0.5)
+        sd = opt.state_dict()
+        no_prev = _mutated(sd, lambda s: [v.pop("neg_pre_grad") for v in s["state"].values()])
+        results = {}
+        for path in ALL_PATHS:
+            m2 = _model(seed=5)
+            m2.load_state_dict(model.state_dict())
+            o2 = Adan(m2.parameters(), lr=1e-2, weight_decay=0.02, max_grad_norm=0.5, **PATHS[path])
+            o2.load_state_dict(no_prev)
+            _train(o2, m2, 1, seed=9)
+            results[path] = [p.detach().clone() for p in m2.parameters()]
+        # the d = 0 continuation, built by hand: neg_pre_grad = -(clipped) current gradient
+        m3 = _model(seed=5)
+        m3.load_state_dict(model.state_dict())
+        o3 = Adan(m3.parameters(), lr=1e-2, weight_decay=0.02, max_grad_norm=0.5, foreach=False)
+        o3.load_state_dict(sd)
+        x = torch.randn(16, 8, generator=torch.Generator().manual_seed(9))
+        m3(x).square().mean().backward()
+        grads = [p.grad for p in m3.parameters()]
+        coef = float(torch.clamp(0.5 / (torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])) + 1e-8), max=1.0))
+        for p, g in zip(m3.parameters(), grads):
+            o3.state[p]["neg_pre_grad"] = -coef * g
+        o3.step()
+        for path, params in results.items():
+            for a, b in zip(params, m3.parameters()):
+                torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12, msg=path)
+    finally:
+        torch.set_default_dtype(torch.float32)
+
+
+def test_loading_does_not_alias_the_checkpoint():
+    model, opt = _trained()
+    sd = opt.state_dict()
+    saved = copy.deepcopy(sd)
+    opt2 = Adan(model.parameters(), lr=1e-2, weight_decay=0.02)
+    opt2.load_state_dict(sd)
+    _train(opt2, model, 2)
+    for pid, s in saved["state"].items():
+        for key, value in s.items():
+            assert torch.equal(sd["state"][pid][key], value), key
+
+
+# ------------------------------------------------------------- 10. int8 and NaN
+@pytest.mark.parametrize("path", ALL_PATHS)
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_int8_nonfinite_gradient_stays_in_its_element(path, bad):
+    runs = []
+    for value in (bad, 0.0):
+        torch.manual_seed(0)
+        w = torch.nn.Parameter(torch.randn(64, 256))
+        opt = Adan([w], lr=1e-2, state_dtype="int8", **PATHS[path])
+        gen = torch.Generator().manual_seed(1)
+        for step in range(3):
+            w.grad = torch.randn(64, 256, generator=gen)
+            if step == 0:
+                w.grad[0, 5] = value
+            opt.step()
+        runs.append((w.detach().clone(), opt.state[w]))
+    (w_bad, s_bad), (w_ok, _) = runs
+    assert torch.isnan(w_bad[0, 5])
+    mask = torch.ones_like(w_bad, dtype=torch.bool)
+    mask[0, 5] = False
+    assert torch.isfinite(w_bad[mask]).all(), "the rest of the block must stay finite"
+    torch.testing.assert_close(w_bad[mask], w_ok[mask], rtol=1e-3, atol=1e-4)
+    for key in ("exp_avg_scale", "exp_avg_diff_scale", "exp_avg_sq_scale"):
+        assert torch.isfinite(s_bad[key]).all(), key
+    m = _compact.decode(s_bad, "exp_avg")
+    assert torch.isnan(m[0, 5]) and torch.isfinite(m[mask]).all()
+
+
+def test_int8_codec_marks_nonfinite_values():
+    x = torch.randn(4, 512)
+    x[1, 3], x[2, 300] = float("nan"), float("-inf")
+    codes, scale = _compact.quantize_signed(x)
+    assert torch.isfinite(scale).all()
+    back = _compact.dequantize_signed(codes, scale)
+    assert torch.isnan(back[1, 3]) and torch.isnan(back[2, 300])
+    ok = torch.isfinite(x)
+    assert torch.isfinite(back[ok]).all()
+    ucodes, uscale = _compact.quantize_unsigned(x.abs())
+    assert torch.isfinite(uscale).all() and torch.isfinite(_compact.dequantize_unsigned(ucodes, uscale)).all()
+
+
+# ------------------------------------------- 11, 12. float32 maths on every path
+def _one_step(path, p0, grad, **kw):
+    p = torch.nn.Parameter(p0.clone())
+    opt = Adan([p], **kw, **PATHS[path])
+    for g in grad:
+        p.grad = g.clone()
+        opt.step()
+    return p.detach(), opt.state[p]
+
+
+@pytest.mark.parametrize("lr_dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_tensor_lr_keeps_weight_decay(lr_dtype):
+    lr = torch.tensor(1e-3, dtype=lr_dtype)
+    p0 = torch.randn(100) * 10
+    grads = [torch.zeros(100)] * 3
+    expected, _ = _one_step("single", p0, grads, lr=float(lr), weight_decay=0.5)
+    assert not torch.equal(expected, p0)
+    for path in ALL_PATHS:
+        got, _ = _one_step(path, p0, grads, lr=lr, weight_decay=0.5)
+        torch.testing.assert_close(got, expected, msg=path)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_clipped_low_precision_gradients_agree_across_paths(dtype):
+    torch.manual_seed(0)
+    p0 = torch.randn(257).to(dtype)
+    grads = [(torch.randn(257) * 3).to(dtype) for _ in range(4)]
+    kw = dict(lr=1e-2, weight_decay=0.02, max_grad_norm=1.0)
+    ref_p, ref_s = _one_step("single", p0, grads, **kw)
+    for path in ALL_PATHS:
+        p, s = _one_step(path, p0, grads, **kw)
+        torch.testing.assert_close(p, ref_p, msg=path)
+        for key in ("exp_avg", "exp_avg_diff", "exp_avg_sq", "neg_pre_grad"):
+            torch.testing.assert_close(s[key], ref_s[key], msg=f"{path} {key}")  # float32 tolerances
+
+
+# ------------------------------------------------- 13. the optimizer's own RNG
+@pytest.mark.parametrize("path", ALL_PATHS)
+def test_compact_state_leaves_torchs_generator_alone(path):
+    draws = []
+    for state_dtype in ("float32", "bfloat16", "int8"):
+        model = _model(dtype=torch.bfloat16)
+        opt = Adan(model.parameters(), lr=1e-2, state_dtype=state_dtype, param_update="stochastic", **PATHS[path])
+        torch.manual_seed(123)
+        _train(opt, model, 3)
+        draws.append(torch.rand(8))
+    assert torch.equal(draws[0], draws[1]) and torch.equal(draws[0], draws[2])
+
+
+def test_rng_state_is_saved_and_restored():
+    model, opt = _trained(state_dtype="bfloat16")
+    sd = copy.deepcopy(opt.state_dict())
+    assert "adan_rng" in sd
+    model2 = _model(seed=9)
+    model2.load_state_dict(model.state_dict())
+    opt2 = Adan(model2.parameters(), lr=1e-2, weight_decay=0.02, state_dtype="bfloat16")
+    opt2.load_state_dict(sd)
+    _train(opt, model, 3, seed=4)
+    _train(opt2, model2, 3, seed=4)
+    for a, b in zip(model.parameters(), model2.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_kernel_cache_module_imports_cleanly_without_compiler_output():
+    code = textwrap.dedent(
+        """
+        import adan._native as n
+        print(len(n._cpu_id('cc')))
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "16"
