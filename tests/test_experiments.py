@@ -14,124 +14,135 @@ pytest.importorskip("matplotlib")
 pytest.importorskip("tqdm")
 
 from adan.experiments import data as datasets  # noqa: E402
+from adan.experiments import protocol  # noqa: E402
 from adan.experiments.cli import main  # noqa: E402
-from adan.experiments.optim import ExperimentError, load_config, parse_optimizers  # noqa: E402
-from adan.experiments.runner import SCHEMA, load_runs  # noqa: E402
+from adan.experiments.optim import ExperimentError, parse_optimizers  # noqa: E402
+from adan.experiments.runner import SCHEMA, load_runs, run_id  # noqa: E402
+from adan.experiments.study import make_spec  # noqa: E402
+from adan.experiments.workloads import WORKLOADS, get  # noqa: E402
 
-TINY = ["--epochs", "1", "--max-train", "256", "--max-eval", "256", "--seeds", "2", "--threads", "1"]
-
-
-def _runs(out, task):
-    return load_runs(out, task)
+SMALL = ["--size", "tiny", "--trials", "2", "--seeds", "2", "--jobs", "1"]
 
 
-def test_vision_quick_end_to_end_writes_schema_report_and_plots(tmp_path, capsys):
+def test_quick_smoke_test_prints_numbers_and_no_verdict(tmp_path, capsys):
     out = tmp_path / "res"
-    assert main(["vision", "--quick", "--out", str(out), *TINY]) == 0
-    runs = _runs(out, "vision")
-    assert len(runs) == 2 * 2 * 2  # models x optimizers (adan, adamw) x seeds
+    assert main(["quick", "--out", str(out), "--jobs", "1", "--size", "tiny"]) == 0
+    printed = capsys.readouterr().out
+    assert "smoke test: 2 seeds, untuned: no verdict" in printed
+    for word in ("better", "worse", "no detectable"):
+        assert word not in printed
+    runs = load_runs(out)
+    assert len(runs) == 2 * 2 * 2  # workloads x (adan, adamw) x seeds
     record = runs[0]
     assert record["schema"] == SCHEMA and record["status"] == "done"
-    for key in ("spec", "config", "curves", "final", "hparams", "wall_time_s", "versions"):
-        assert key in record
-    assert set(record["final"]) >= {"val_acc", "test_acc", "val_loss", "test_loss"}
-    assert len(record["curves"]["val_acc"]) == 1 and record["versions"]["torch"]
-    selection = json.loads((out / "vision" / "selection.json").read_text())
-    assert selection["resnet-small"]["adan"]["lr_mult"] == 1.0  # --quick: small models, no grid
-    report = (out / "report.md").read_text()
-    assert "### resnet" in report and "| adan |" in report and "| adamw |" in report
-    assert (out / "vision-resnet.png").stat().st_size > 1000 and (out / "vision-vit.png").exists()
-    printed = capsys.readouterr().out
-    assert "| optimizer | lr |" in printed  # the summary table
+    assert len(record["curve"]["val"]) == 4 and record["curve"]["seconds"] == sorted(record["curve"]["seconds"])
 
 
-def test_lr_grid_is_chosen_on_validation_and_recorded(tmp_path):
+@pytest.mark.parametrize("name", [n for n in WORKLOADS if get(n).kind in ("lm", "mlm", "vision") and n != "batch"])
+def test_every_supervised_workload_runs_a_tiny_study_end_to_end(tmp_path, name):
     out = tmp_path / "res"
-    config = load_config()
-    config["lr_grid"] = [0.1, 1.0]
-    cfg = tmp_path / "opt.json"
-    cfg.write_text(json.dumps(config))
-    assert main(["lm", "--out", str(out), "--config", str(cfg), "--optimizers", "adan", "--steps", "4", "--seeds", "1",
-                 "--threads", "1", "--quick"]) == 0  # fmt: skip
-    # --quick skips the grid; without it the grid runs on seed 0 and the best validation loss wins.
-    assert main(["lm", "--out", str(out / "full"), "--config", str(cfg), "--optimizers", "adan", "--steps", "4", "--seeds", "1",
-                 "--threads", "1"]) == 0  # fmt: skip
-    sel = json.loads((out / "full" / "lm" / "selection.json").read_text())["chargpt"]["adan"]
-    grid = {float(k): v for k, v in sel["grid"].items()}
-    assert set(grid) == {0.1, 1.0} and sel["lr_mult"] == min(grid, key=grid.get) and sel["metric"] == "val_loss"
+    assert main(["study", name, *SMALL, "--out", str(out), "--optimizers", "adan,adamw"]) == 0
+    decisions = json.loads((out / "study" / f"{name}-tiny.json").read_text())
+    assert decisions["target"]["how"].startswith("median over seeds [100, 101, 102]")
+    assert set(decisions["chosen"]) == {"adan", "adamw"}
+    roles = {r["spec"]["role"] for r in load_runs(out)}
+    assert roles == {"trial", "target", "report"}
+    seeds = {role: {r["spec"]["seed"] for r in load_runs(out) if r["spec"]["role"] == role} for role in roles}
+    assert seeds["report"] == {0, 1} and not (seeds["trial"] & seeds["report"]) and not (seeds["target"] & seeds["report"])
+    report = (out / "report.md").read_text()
+    assert f"## {name}-tiny" in report and "| adamw |" in report and "paired by seed" in report
+    assert (out / f"{name}-tiny-step.png").stat().st_size > 1000 and (out / f"{name}-tiny-lr.png").exists()
+    assert (out / "runs.csv").read_text().count("\n") == len(load_runs(out)) + 1
+
+
+def test_batch_sweep_quick_end_to_end(tmp_path):
+    out = tmp_path / "res"
+    assert main(["batch-sweep", "--size", "tiny", "--trials", "2", "--seeds", "1", "--jobs", "1", "--batch-sizes", "128,256",
+                 "--out", str(out), "--optimizers", "adan,adamw"]) == 0  # fmt: skip
+    report = (out / "report.md").read_text()
+    assert "## Batch-size sweep" in report and "| adan |" in report and (out / "batch-tiny-curve.png").exists()
+    assert {r["spec"]["batch_size"] for r in load_runs(out)} == {128, 256}
+    assert main(["batch-sweep", "--size", "tiny", "--batch-sizes", "64,256", "--out", str(out)]) == 2
+
+
+def test_rl_workload_evaluates_deterministically_on_a_separate_env(tmp_path, monkeypatch):
+    pytest.importorskip("stable_baselines3")
+    pytest.importorskip("mujoco")
+    import stable_baselines3.common.evaluation as evaluation
+
+    calls = []
+    real = evaluation.evaluate_policy
+
+    def spy(model, env, **kw):
+        calls.append((env, kw, model.get_env()))
+        return real(model, env, **kw)
+
+    monkeypatch.setattr(evaluation, "evaluate_policy", spy)
+    from adan.experiments.workloads import train
+
+    w = get("hopper").sized("tiny")
+    spec = make_spec(w, "tiny", "adan", protocol.DEFAULTS["adan"], 3, "report", {"threads": 1})
+    result = train(spec)
+    assert len(result["curve"]["val"]) == w.evals and len(calls) == w.evals + 1  # + the final test evaluation
+    for env, kw, train_env in calls:
+        assert kw["deterministic"] is True and env is not train_env
+    assert result["curve"]["step"] == sorted(result["curve"]["step"]) and "test_return" in result["final"]
+
+
+def test_run_id_changes_with_everything_that_defines_a_run(tmp_path):
+    w = get("resnet")
+    base = make_spec(w, "full", "adan", protocol.DEFAULTS["adan"], 0, "report", {})
+    rid = run_id(base)
+    assert run_id(dict(base)) == rid and run_id({**base, "role": "trial", "threads": 4}) == rid  # not defining
+    for change in ({"seed": 1}, {"steps": 7}, {"batch_size": 64}, {"evals": 5}, {"size": "quick"}, {"device": "cuda"},
+                   {"trial": {**base["trial"], "lr": 1e-2}}, {"harness": "0"}):  # fmt: skip
+        assert run_id({**base, **change}) != rid, change
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "train.txt").write_text("a" * 2000)
+    a = make_spec(get("gpt"), "full", "adan", protocol.DEFAULTS["adan"], 0, "report", {"data_dir": str(data)})
+    (data / "train.txt").write_text("b" * 3000)
+    b = make_spec(get("gpt"), "full", "adan", protocol.DEFAULTS["adan"], 0, "report", {"data_dir": str(data)})
+    assert run_id(a) != run_id(b) != run_id(make_spec(get("gpt"), "full", "adan", protocol.DEFAULTS["adan"], 0, "report", {}))
 
 
 def test_resume_skips_finished_runs_and_reruns_missing_ones(tmp_path):
     out = tmp_path / "res"
-    args = ["vision", "--quick", "--out", str(out), "--optimizers", "adan", *TINY]
+    args = ["quick", "--out", str(out), "--jobs", "1", "--size", "tiny"]
     assert main(args) == 0
-    files = sorted((out / "vision" / "runs").glob("*.json"))
-    assert len(files) == 4
+    files = sorted((out / "runs").glob("*.json"))
     stamps = {f.name: f.stat().st_mtime_ns for f in files}
     files[0].unlink()  # as if the command had been interrupted before this run finished
-    (out / "vision" / "runs" / "partial.json.tmp").write_text("{")  # a write cut short
+    (out / "runs" / "partial.json.tmp").write_text("{")  # a write cut short
     assert main(args) == 0
-    after = {f.name: f.stat().st_mtime_ns for f in (out / "vision" / "runs").glob("*.json")}
+    after = {f.name: f.stat().st_mtime_ns for f in (out / "runs").glob("*.json")}
     assert set(after) == set(stamps)
     assert [n for n in after if after[n] != stamps[n]] == [files[0].name]
 
 
-def test_lm_budget_and_batch_sweep_quick(tmp_path):
-    out = tmp_path / "res"
-    assert main(["lm", "--quick", "--out", str(out), "--steps", "6", "--seeds", "2", "--threads", "1"]) == 0
-    lm = _runs(out, "lm")
-    assert {r["spec"]["optimizer"] for r in lm} == {"adan", "adamw"}
-    assert all(r["final"]["test_ppl"] > 1 and len(r["curves"]["val_loss"]) >= 1 for r in lm)
-    assert main(["budget", "--quick", "--out", str(out), *TINY, "--steps", "6"]) == 0
-    report = (out / "report.md").read_text()
-    assert "## budget" in report and "AdamW 100%" in report
-    half = [r for r in _runs(out, "lm") if r["spec"]["optimizer"] == "adan" and r["spec"]["steps"] == 3]
-    assert len(half) == 2
-    assert main(["batch-sweep", "--quick", "--out", str(out), *TINY, "--batch-sizes", "64,128"]) == 0  # 64: the base size
-    assert "## batch-sweep" in (out / "report.md").read_text() and (out / "batch-sweep.png").exists()
-
-
-def test_compact_quick_compares_formats_at_float32_adans_lr(tmp_path):
-    out = tmp_path / "res"
-    assert main(["compact", "--quick", "--out", str(out), *TINY, "--steps", "4", "--seeds", "1"]) == 0
-    runs = _runs(out, "vision") + _runs(out, "lm")
-    assert {r["spec"]["optimizer"] for r in runs} == {"adan", "adan-bf16", "adan-int8"}
-    for task in ("vision", "lm"):
-        lrs = {r["spec"]["optimizer"]: r["hparams"]["lr"] for r in _runs(out, task) if r["spec"]["model"] in ("resnet", "chargpt")}
-        assert len(set(lrs.values())) == 1  # every format at float32 Adan's learning rate
-    by_opt = {r["spec"]["optimizer"]: r for r in _runs(out, "lm")}
-    assert by_opt["adan"]["hparams"].get("state_dtype") is None and by_opt["adan-int8"]["hparams"]["state_dtype"] == "int8"
-    assert by_opt["adan"]["final"]["state_bytes_per_param"] > by_opt["adan-bf16"]["final"]["state_bytes_per_param"]
-    report = (out / "report.md").read_text()
-    assert "## compact" in report and "| int8 |" in report and "| bf16 |" in report
-
-
-def test_rl_quick_end_to_end(tmp_path):
-    pytest.importorskip("stable_baselines3")
-    pytest.importorskip("mujoco")
-    out = tmp_path / "res"
-    assert main(["rl", "--quick", "--out", str(out), "--timesteps", "256", "--seeds", "1", "--threads", "1"]) == 0
-    runs = _runs(out, "rl")
-    assert {(r["spec"]["model"], r["spec"]["optimizer"]) for r in runs} == {
-        (env, o) for env in ("HalfCheetah-v5", "Hopper-v5") for o in ("adam", "adan")
-    }
-    assert "## rl" in (out / "report.md").read_text()
-
-
 def test_clear_errors(tmp_path, capsys):
-    assert main(["vision", "--quick", "--out", str(tmp_path), "--optimizers", "adan,rmsprop"]) == 2
+    assert main(["study", "gpt", *SMALL, "--out", str(tmp_path), "--optimizers", "adan,rmsprop"]) == 2
     assert "unknown optimizer(s) rmsprop" in capsys.readouterr().err
-    assert main(["vision", "--quick", "--out", str(tmp_path), "--data-dir", str(tmp_path / "nope")]) == 2
+    assert main(["study", "resnet", *SMALL, "--out", str(tmp_path), "--data-dir", str(tmp_path / "nope")]) == 2
     assert "not a directory" in capsys.readouterr().err
     (tmp_path / "empty").mkdir()
-    assert main(["vision", "--quick", "--out", str(tmp_path), "--data-dir", str(tmp_path / "empty")]) == 2
+    assert main(["study", "resnet", *SMALL, "--out", str(tmp_path), "--data-dir", str(tmp_path / "empty")]) == 2
     assert "found neither IDX files" in capsys.readouterr().err
-    assert main(["rl", "--quick", "--out", str(tmp_path), "--optimizers", "sgd"]) == 2
-    assert "rl compares adam, adan" in capsys.readouterr().err
+    assert main(["study", "imagenet", "--out", str(tmp_path)]) == 2
+    assert "unknown workload 'imagenet'" in capsys.readouterr().err
+    assert main(["study", "batch", "--out", str(tmp_path)]) == 2
     with pytest.raises(SystemExit):
-        main(["imagenet"])
+        main(["vision"])
     with pytest.raises(ExperimentError):
         parse_optimizers("")
+
+
+def test_help_describes_the_protocol(capsys):
+    for argv in (["--help"], ["study", "--help"], ["batch-sweep", "--help"], ["quick", "--help"]):
+        with pytest.raises(SystemExit):
+            main(argv)
+        text = capsys.readouterr().out
+        assert "target" in text and "Sobol" in text and "seed" in text, argv
 
 
 def _write_idx(path, array: np.ndarray, gz: bool) -> None:
@@ -234,22 +245,23 @@ def test_bad_cifar_pickle(tmp_path):
 @pytest.mark.parametrize("content", ["", '{"schema": "adan-experiments/1", "sta', '{"foreign": true}'])
 def test_damaged_run_file_is_rerun_not_fatal(tmp_path, content):
     out = tmp_path / "res"
-    assert main(["vision", "--quick", "--out", str(out), *TINY, "--seeds", "1", "--optimizers", "adan"]) == 0
-    victim = sorted((out / "vision" / "runs").glob("*.json"))[0]
+    assert main(["quick", "--out", str(out), "--jobs", "1", "--size", "tiny"]) == 0
+    victim = sorted((out / "runs").glob("*.json"))[0]
     victim.write_text(content)
     with pytest.warns(RuntimeWarning, match=str(victim.name)):
         assert main(["report", "--out", str(out)]) == 0
     with pytest.warns(RuntimeWarning, match=str(victim.name)):
-        assert main(["vision", "--quick", "--out", str(out), *TINY, "--seeds", "1", "--optimizers", "adan"]) == 0
+        assert main(["quick", "--out", str(out), "--jobs", "1", "--size", "tiny"]) == 0
     assert json.loads(victim.read_text())["status"] == "done"  # run again
 
 
-def test_damaged_selection_file_names_the_file(tmp_path, capsys):
+def test_damaged_study_file_names_the_file(tmp_path, capsys):
     out = tmp_path / "res"
-    assert main(["vision", "--quick", "--out", str(out), *TINY, "--seeds", "1", "--optimizers", "adan"]) == 0
-    (out / "vision" / "selection.json").write_text("{")
-    assert main(["vision", "--quick", "--out", str(out), *TINY, "--seeds", "1", "--optimizers", "adan"]) == 2
-    assert "selection.json is unreadable" in capsys.readouterr().err
+    args = ["study", "gpt", *SMALL, "--seeds", "1", "--out", str(out), "--optimizers", "adamw"]
+    assert main(args) == 0
+    (out / "study" / "gpt-tiny.json").write_text("{")
+    assert main(args) == 2
+    assert "gpt-tiny.json is unreadable" in capsys.readouterr().err
 
 
 def test_workers_die_with_their_parent(tmp_path):

@@ -1,244 +1,163 @@
-"""``adan-experiments``: test the paper's claims at laptop scale.
+"""``adan-experiments``: does Adan optimize deep models *faster*? A time-to-result study.
 
-Subcommands (each writes into ``--out`` and can be re-run to resume):
+The protocol is that of MLCommons AlgoPerf (Dahl et al. 2023) and, for the batch size,
+of Shallue et al. 2018, scaled to a 2-core CPU:
 
-  vision       ResNet-20 and a small ViT on Fashion-MNIST (or --data-dir IDX / CIFAR-10)
-  lm           a character-level GPT on Shakespeare: validation/test loss and perplexity
-  rl           PPO (stable-baselines3) on MuJoCo HalfCheetah-v5 and Hopper-v5, Adam vs Adan
-  batch-sweep  the ResNet at batch sizes 128..4096, lr scaled by sqrt(batch / 128)
-  budget       Adan at 50% of the epochs/steps against AdamW at 100%
-  report       report.md (mean ± std over seeds) and PNG plots from everything in --out
+  workloads    each fixes a model, data, batch size, step budget, >= 20 evaluations, a
+               validation metric and a validation target (adan-experiments workloads)
+  target       set once per workload from tuned AdamW: the median over 3 target-setting
+               seeds of the best validation value of AdamW's best trial
+  tuning       every optimizer gets the same number of quasi-random trials (scrambled
+               Sobol, default 8) from its own declared search space, the same on every
+               workload: log-uniform lr over 1.5-2 decades, weight decay, warmup fraction
+               up to 30% (linear warmup, cosine decay), and Adan's beta3; a trial's score
+               is its number of steps to the target (ties: best validation value); a
+               choice at an edge of its space is flagged
+  seeds        tuning, target-setting and reported seeds are disjoint; every optimizer
+               shares each seed's initialisation and data order
+  reporting    steps and training seconds to the target, best validation value and final
+               test metric over >= 5 reported seeds (10 for RL); Adan against each other
+               optimizer paired by seed, with 95% confidence intervals and a three-way
+               verdict (better / no detectable difference / worse); the steps-to-target
+               ratio Adan / AdamW with its interval ("half the budget" is a ratio of 0.5)
 
-Learning rates: each optimizer's base rate (``optimizers.json``) is multiplied by every
-value of the same small grid, trained with seed 0, and the multiplier with the best
-*validation* result is kept for all seeds; test data is only ever reported.
+Commands (each resumable: re-running one skips the runs already on disk):
+
+  quick        the smoke test: two small vision workloads, Adan and AdamW at their
+               recommended settings, 2 seeds, no tuning and so no verdict (~1 minute)
+  study W...   tune, set the target and run the reported seeds for workloads W
+  batch-sweep  the study at batch sizes 32-1024, tuned at every size
+  report       report.md, plots and runs.csv/curves.csv from everything in --out
+  workloads    the registry: every workload's definition
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
+import time
 from pathlib import Path
-from typing import Any
 
-from adan.experiments.optim import COMPACT, OPTIMIZERS, ExperimentError, load_config, parse_optimizers
+from adan.experiments.optim import ExperimentError, parse_optimizers
 
-# Sized for a 2-core laptop: the full run of every command takes about an hour with --jobs 2.
-SIZES = {  # full run / --quick
-    "vision": {"full": dict(epochs=4, max_train=8000, batch_size=128, size="full", max_eval=2000),
-               "quick": dict(epochs=3, max_train=3000, batch_size=128, size="small", max_eval=1000, max_test=2000)},
-    "lm": {"full": dict(steps=600, batch_size=32, size="full", eval_tokens=32768),
-           "quick": dict(steps=200, batch_size=16, size="small", eval_tokens=16384)},
-    "rl": {"full": dict(timesteps=50_000, n_steps=2048), "quick": dict(timesteps=4096, n_steps=1024)},
-    # ResNet-8 on 8000 images for 6 epochs: batch 4096 still gets 12 steps.
-    "batch-sweep": {"full": dict(epochs=6, max_train=8000, batch_size=128, size="small", max_eval=2000),
-                    "quick": dict(epochs=2, max_train=2000, batch_size=64, size="small", max_eval=1000)},
-}  # fmt: skip
-DEFAULT_OPTIMIZERS = {"vision": "adan,adamw,adam,sgd,lamb", "lm": "adan,adamw,adam", "rl": "adan,adam",
-                      "batch-sweep": "adan,adamw,lamb", "budget": "adan,adamw",
-                      "compact": "adan,adan-bf16,adan-int8"}  # fmt: skip
-QUICK_OPTIMIZERS = "adan,adamw"
-VISION_MODELS = ("resnet", "vit")
-RL_ENVS = ("HalfCheetah-v5", "Hopper-v5")
-BATCHES = {"full": (128, 512, 2048, 4096), "quick": (64, 256)}
-METRIC = {"vision": ("val_acc", max), "lm": ("val_loss", min)}
+HELP = {
+    "quick": "smoke test: 2 small vision workloads, Adan vs AdamW untuned, 2 seeds, no verdict",
+    "study": "target, tuning and reported seeds for the named workloads (default: all but batch)",
+    "batch-sweep": "steps to target against batch size (32-1024), every optimizer tuned at every size",
+    "report": "report.md, plots and CSVs from the results in --out",
+    "workloads": "list the workload registry",
+}
 
 
-def _base(args, task: str, sizes_key: str | None = None) -> dict[str, Any]:
-    sizes = dict(SIZES[sizes_key or task]["quick" if args.quick else "full"])
-    for key in ("epochs", "steps", "timesteps", "max_train", "batch_size"):
-        value = getattr(args, key, None)
-        if value is not None and key in sizes:
-            sizes[key] = value
-    if getattr(args, "max_eval", None) and task == "vision":
-        sizes["max_eval"] = sizes["max_test"] = args.max_eval
-    base = {"task": task, "device": args.device, "threads": args.threads, **sizes}
-    if args.data_dir and task != "rl":
-        from adan.experiments import data
-
-        base["data_dir"] = str(Path(args.data_dir).resolve())
-        (data.load_images if task == "vision" else data.load_text)(base["data_dir"])  # bad input fails here, clearly
-    return base
+def _opts(args) -> dict:
+    opts = {"device": args.device, "threads": args.threads}
+    if args.data_dir:
+        opts["data_dir"] = str(Path(args.data_dir).resolve())
+    return opts
 
 
-def _seeds(args) -> list[int]:
-    return list(range(args.seeds if args.seeds is not None else (2 if args.quick else 3)))
+def cmd_quick(args) -> None:
+    from adan.experiments import protocol
+    from adan.experiments.report import quick_table
+    from adan.experiments.runner import execute, read_run, run_path
+    from adan.experiments.study import make_spec
+    from adan.experiments.workloads import check_data, get
+
+    opts = _opts(args)
+    specs = []
+    for name in ("resnet", "vit"):
+        w = get(name).sized(args.size)
+        check_data(w, opts.get("data_dir"))
+        specs += [make_spec(w, args.size, o, protocol.DEFAULTS[o], s, "quick", opts) for o in ("adan", "adamw") for s in range(2)]
+    execute(specs, Path(args.out), args.jobs, desc="quick: smoke test")
+    records = [read_run(run_path(Path(args.out), s)) for s in specs]
+    print(quick_table(records, "val_acc", "test_acc"))
 
 
-def _optimizers(args, section: str, allowed=None) -> list[str]:
-    default = QUICK_OPTIMIZERS if args.quick and section in ("vision", "lm") else DEFAULT_OPTIMIZERS[section]
-    names = parse_optimizers(args.optimizers or default)
-    if allowed is not None:
-        bad = [n for n in names if n not in allowed]
-        if bad:
-            raise ExperimentError(f"{section} compares {', '.join(allowed)}; not {', '.join(bad)}")
-    return names
+def cmd_study(args) -> None:
+    from adan.experiments.study import run_study
+    from adan.experiments.workloads import WORKLOADS
 
-
-def _tuned(args, config, out: Path, base: dict, models, optimizers) -> dict[str, dict[str, float]]:
-    """Choose each optimizer's lr multiplier on validation data (seed 0); cached in selection.json."""
-    from adan.experiments.runner import execute, load_runs, read_json, run_id, write_json
-
-    task = base["task"]
-    key = lambda m: m if base.get("size", "full") == "full" else f"{m}-{base['size']}"  # noqa: E731
-    grid = [1.0] if args.quick else config["lr_grid"]
-    specs = [{**base, "model": m, "optimizer": o, "lr_mult": g, "seed": 0} for m in models for o in optimizers for g in grid]
-    execute(specs, config, out, args.jobs, desc=f"{task}: lr grid")
-    done = {r["run_id"]: r for r in load_runs(out, task)}
-    metric, better = METRIC[task]
-    path = out / task / "selection.json"
-    selection = read_json(path, "selection file") if path.exists() else {}
-    for m in models:
-        for o in optimizers:
-            scores = {g: done[run_id({**base, "model": m, "optimizer": o, "lr_mult": g, "seed": 0})]["final"][metric] for g in grid}
-            scores = {g: s for g, s in scores.items() if s == s}  # drop NaN (diverged)
-            best = better(scores, key=scores.get) if scores else grid[len(grid) // 2]
-            selection.setdefault(key(m), {})[o] = {"lr_mult": best, "metric": metric, "grid": {str(g): s for g, s in scores.items()}}
-    write_json(path, selection)
-    return {m: {o: selection[key(m)][o]["lr_mult"] for o in optimizers} for m in models}
-
-
-def _finals(args, config, out, base, models, optimizers, chosen, desc) -> list[dict]:
-    from adan.experiments.runner import execute
-
-    specs = [{**base, "model": m, "optimizer": o, "lr_mult": chosen[m][o], "seed": s}
-             for m in models for o in optimizers for s in _seeds(args)]  # fmt: skip
-    execute(specs, config, out, args.jobs, desc=desc)
-    return specs
-
-
-def _meta(out: Path, section: str, **fields) -> None:
-    from adan.experiments.runner import write_json
-
-    write_json(out / section / "meta.json", fields)
-
-
-def cmd_supervised(args, task: str) -> None:
-    config, out = load_config(args.config), Path(args.out)
-    base = _base(args, task)
-    models = list(VISION_MODELS) if task == "vision" else ["chargpt"]
-    optimizers = _optimizers(args, task)
-    chosen = _tuned(args, config, out, base, models, optimizers)
-    specs = _finals(args, config, out, base, models, optimizers, chosen, f"{task}: seeds")
-    _meta(out, task, kind=task, base=base, models=models, optimizers=optimizers, seeds=_seeds(args), chosen=chosen, specs=specs)
-
-
-def cmd_rl(args) -> None:
-    from adan.experiments.runner import execute
-
-    config, out = load_config(args.config), Path(args.out)
-    base = _base(args, "rl")
-    optimizers = _optimizers(args, "rl", allowed=("adam", "adan"))
-    specs = [{**base, "model": env, "optimizer": o, "lr_mult": 1.0, "seed": s, "threads": 1}
-             for env in RL_ENVS for o in optimizers for s in _seeds(args)]  # fmt: skip
-    execute(specs, config, out, args.jobs, desc="rl: PPO")
-    chosen = {env: {o: 1.0 for o in optimizers} for env in RL_ENVS}
-    _meta(out, "rl", kind="rl", base=base, models=list(RL_ENVS), optimizers=optimizers, seeds=_seeds(args), chosen=chosen, specs=specs)
+    names = args.workloads or [n for n in WORKLOADS if n != "batch"]
+    for name in names:
+        if name == "batch":
+            raise ExperimentError("the batch workload is studied by 'adan-experiments batch-sweep'")
+        start = time.time()
+        run_study(name, Path(args.out), _opts(args), trials=args.trials, seeds=args.seeds, jobs=args.jobs,
+                  optimizers=parse_optimizers(args.optimizers) if args.optimizers else None, size=args.size)  # fmt: skip
+        print(f"{name}: done in {time.time() - start:.0f} s")
 
 
 def cmd_batch_sweep(args) -> None:
-    config, out = load_config(args.config), Path(args.out)
-    base = _base(args, "vision", "batch-sweep")
-    optimizers = _optimizers(args, "batch-sweep")
-    chosen = _tuned(args, config, out, base, ["resnet"], optimizers)["resnet"]
-    batches = args.batch_sizes or BATCHES["quick" if args.quick else "full"]
-    specs = []
-    for b in batches:
-        sweep = {**base, "batch_size": b, "lr_scale": (b / base["batch_size"]) ** 0.5 if b != base["batch_size"] else None}
-        specs += [{**sweep, "model": "resnet", "optimizer": o, "lr_mult": chosen[o], "seed": s} for o in optimizers for s in _seeds(args)]
-    from adan.experiments.runner import execute
+    from adan.experiments.study import run_batch_sweep
+    from adan.experiments.workloads import BATCH_SIZES
 
-    execute(specs, config, out, args.jobs, desc="batch sweep")
-    _meta(out, "batch-sweep", kind="batch-sweep", base=base, optimizers=optimizers, batches=list(batches), seeds=_seeds(args),
-          chosen=chosen, specs=specs,
-          rule=f"lr = the lr tuned at batch {base['batch_size']} x sqrt(batch / {base['batch_size']}), 5% warmup, cosine")  # fmt: skip
-
-
-def cmd_budget(args) -> None:
-    config, out = load_config(args.config), Path(args.out)
-    optimizers = _optimizers(args, "budget", allowed=("adan", "adamw"))
-    specs = []
-    for task, models in (("vision", list(VISION_MODELS)), ("lm", ["chargpt"])):
-        base = _base(args, task)
-        chosen = _tuned(args, config, out, base, models, optimizers)
-        full = _finals(args, config, out, base, models, ["adamw"], chosen, f"budget: {task} AdamW 100%") if "adamw" in optimizers else []
-        half = dict(base)
-        for key in ("epochs", "steps"):
-            if key in half:
-                half[key] = max(1, half[key] // 2)
-        halves = _finals(args, config, out, half, models, ["adan"], chosen, f"budget: {task} Adan 50%") if "adan" in optimizers else []
-        specs += full + halves
-    _meta(out, "budget", kind="budget", optimizers=optimizers, seeds=_seeds(args), specs=specs)
-
-
-def cmd_compact(args) -> None:
-    """Adan with compact state against float32 Adan, at float32 Adan's tuned learning rate."""
-    config, out = load_config(args.config), Path(args.out)
-    formats = _optimizers(args, "compact", allowed=("adan", *COMPACT))
-    if "adan" not in formats:
-        formats = ["adan", *formats]
-    specs, chosen = [], {}
-    for task, models in (("vision", list(VISION_MODELS)), ("lm", ["chargpt"])):
-        base = _base(args, task)
-        adan_mult = _tuned(args, config, out, base, models, ["adan"])
-        picked = {m: {o: adan_mult[m]["adan"] for o in formats} for m in models}
-        chosen.update(picked)
-        specs += _finals(args, config, out, base, models, formats, picked, f"compact: {task}")
-    _meta(out, "compact", kind="compact", optimizers=formats, seeds=_seeds(args), chosen=chosen, specs=specs)
+    sizes = tuple(args.batch_sizes or BATCH_SIZES)
+    if 128 not in sizes:
+        raise ExperimentError("the batch sweep sets its target at batch 128: include 128 in --batch-sizes")
+    start = time.time()
+    run_batch_sweep(Path(args.out), _opts(args), trials=args.trials, seeds=args.seeds, jobs=args.jobs, size=args.size,
+                    optimizers=parse_optimizers(args.optimizers) if args.optimizers else None, batch_sizes=sizes)  # fmt: skip
+    print(f"batch-sweep: done in {time.time() - start:.0f} s")
 
 
 def cmd_report(args) -> None:
     from adan.experiments.report import write_report
 
-    path = write_report(Path(args.out))
-    print(f"wrote {path}")
+    print(f"wrote {write_report(Path(args.out))}")
+
+
+def cmd_workloads(args) -> None:
+    from adan.experiments.workloads import WORKLOADS
+
+    for w in WORKLOADS.values():
+        budget = f"{w.steps} steps" if w.steps else f"{w.model['epochs']} epochs"
+        target = "target " + (f"{w.target:.4g}" if w.target is not None else "not set yet")
+        print(f"{w.name:<12} {w.description}\n{'':<12} batch {w.batch_size}, {budget}, {w.evals} evaluations, "
+              f"{w.metric} ({'higher' if w.higher_is_better else 'lower'} is better), {target}, "
+              f"optimizers {', '.join(w.optimizers)}, {w.seeds} reported seeds")  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="adan-experiments", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, help_text in (("vision", "ResNet and ViT on Fashion-MNIST"), ("lm", "character-level GPT on Shakespeare"),
-                            ("rl", "PPO on MuJoCo, Adam vs Adan"), ("batch-sweep", "accuracy against batch size"),
-                            ("budget", "Adan at half the budget vs AdamW"),
-                            ("compact", "Adan's compact state formats against float32 Adan"),
-                            ("report", "render report.md and plots")):  # fmt: skip
-        p = sub.add_parser(name, help=help_text, description=help_text)
+    for name, help_text in HELP.items():
+        p = sub.add_parser(name, help=help_text, description=f"{help_text}. {__doc__.split('Commands')[0].strip()}",
+                           formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
         p.add_argument("--out", default="results", help="results directory (default: results)")
-        if name == "report":
+        if name in ("report", "workloads"):
             continue
-        p.add_argument("--optimizers", help=f"comma-separated, from {','.join(OPTIMIZERS)} (default: {DEFAULT_OPTIMIZERS[name]})")
-        p.add_argument("--seeds", type=int, help="seeds per configuration (default 3; 2 with --quick)")
-        p.add_argument("--quick", action="store_true", help="small models and budgets: minutes, not hours")
-        p.add_argument("--threads", type=int, default=None, help="torch threads per run (default: torch's)")
-        p.add_argument("--jobs", type=int, default=1, help="runs in parallel processes (use threads x jobs <= cores)")
-        p.add_argument("--device", default="cpu", help="cpu or cuda (vision and lm)")
-        p.add_argument("--config", help="an optimizers.json to use instead of the packaged one")
-        p.add_argument("--data-dir", help="IDX or CIFAR-10 files (vision), a UTF-8 text file (lm)")
-        p.add_argument("--epochs", type=int, help="override the epochs (vision)")
-        p.add_argument("--steps", type=int, help="override the training steps (lm)")
-        p.add_argument("--timesteps", type=int, help="override the environment steps (rl)")
-        p.add_argument("--max-train", type=int, help="use at most this many training images (vision)")
-        p.add_argument("--batch-size", type=int, help="override the batch size")
-        p.add_argument("--max-eval", type=int, help="evaluate on at most this many validation and test images (vision)")
+        p.add_argument("--jobs", type=int, default=2, help="runs in parallel processes (default 2: one per core)")
+        p.add_argument("--threads", type=int, default=1, help="torch threads per run (default 1; keep threads x jobs <= cores)")
+        p.add_argument("--device", default="cpu", help="cpu or cuda (the supervised workloads)")
+        p.add_argument("--data-dir", help="MNIST/Fashion-MNIST IDX files or CIFAR-10 python batches (vision), a UTF-8 text file (lm, mlm)")
+        if name == "quick":
+            p.add_argument("--size", choices=("quick", "tiny"), default="quick", help=argparse.SUPPRESS)  # tiny: the tests'
+            continue
+        p.add_argument("--trials", type=int, default=8, help="quasi-random trials per optimizer (default 8)")
+        p.add_argument("--seeds", type=int, help="reported seeds (default: the workload's, 5; 10 for RL; 3 for the batch sweep)")
+        p.add_argument("--optimizers", help="comma-separated subset of the workload's optimizers")
+        p.add_argument("--size", choices=("full", "quick", "tiny", "large"), default="full",
+                       help="full (the study, sized for 2 CPU cores), quick (small models and budgets), tiny (a few dozen "
+                            "steps: the test suite's) or large (longer budgets, full-size images: for a GPU)")  # fmt: skip
+        if name == "study":
+            p.add_argument("workloads", nargs="*", help="workloads to study (default: every one but batch)")
         if name == "batch-sweep":
-            p.add_argument("--batch-sizes", type=lambda s: [int(x) for x in s.split(",")], help="comma-separated batch sizes")
+            p.add_argument("--batch-sizes", type=lambda s: [int(x) for x in s.split(",")], help="comma-separated (default 32..1024)")
     return parser
 
 
-COMMANDS = {"vision": lambda a: cmd_supervised(a, "vision"), "lm": lambda a: cmd_supervised(a, "lm"), "rl": cmd_rl,
-            "batch-sweep": cmd_batch_sweep, "budget": cmd_budget, "compact": cmd_compact, "report": cmd_report}  # fmt: skip
+COMMANDS = {"quick": cmd_quick, "study": cmd_study, "batch-sweep": cmd_batch_sweep, "report": cmd_report, "workloads": cmd_workloads}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         COMMANDS[args.command](args)
-        if args.command != "report":
-            from adan.experiments.report import print_summary, write_report
+        if args.command in ("study", "batch-sweep"):
+            from adan.experiments.report import write_report
 
-            write_report(Path(args.out))
-            print_summary(Path(args.out), args.command)
+            print(f"wrote {write_report(Path(args.out))}")
     except ExperimentError as exc:
         print(f"adan-experiments: error: {exc}", file=sys.stderr)
         return 2

@@ -90,6 +90,41 @@ class CharGPT(nn.Module):
         return self.head(self.norm(x))
 
 
+class CharBERT(nn.Module):
+    """A character-level BERT-style encoder for masked-token pre-training: bidirectional
+    pre-norm transformer with learned positions; token id ``vocab`` is ``[MASK]``."""
+
+    def __init__(self, vocab: int, context: int = 64, dim: int = 64, depth: int = 2, heads: int = 4):
+        super().__init__()
+        self.mask_id = vocab
+        self.tok = nn.Embedding(vocab + 1, dim)
+        # BERT's init: at torch's default (std 1) the tokens drown the positions (std 0.02) and,
+        # with no causal mask to tell positions apart, the loss sits at the unigram baseline
+        # for thousands of steps
+        nn.init.normal_(self.tok.weight, std=0.02)
+        self.pos = nn.Parameter(torch.randn(1, context, dim) * 0.02)
+        layer = nn.TransformerEncoderLayer(dim, heads, 4 * dim, dropout=0.0, activation="gelu", batch_first=True, norm_first=True)
+        self.blocks = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, vocab)
+
+    def forward(self, idx):
+        return self.head(self.norm(self.blocks(self.tok(idx) + self.pos[:, : idx.shape[1]])))
+
+
+def mask_tokens(x: torch.Tensor, vocab: int, gen: torch.Generator, rate: float = 0.15) -> tuple[torch.Tensor, torch.Tensor]:
+    """BERT's masking: ``rate`` of the positions are predicted; of those 80% become
+    ``[MASK]`` (id ``vocab``), 10% a random token, 10% stay. Targets are -100 elsewhere."""
+    selected = torch.rand(x.shape, generator=gen) < rate
+    r = torch.rand(x.shape, generator=gen)
+    inputs = x.clone()
+    inputs[selected & (r < 0.8)] = vocab
+    swap = selected & (r >= 0.8) & (r < 0.9)
+    inputs[swap] = torch.randint(0, vocab, (int(swap.sum()),), generator=gen)
+    targets = torch.where(selected, x, torch.full_like(x, -100))
+    return inputs, targets
+
+
 def vision_model(name: str, shape: tuple[int, int, int], classes: int, size: str = "full") -> nn.Module:
     c, h, _ = shape
     if name == "resnet":

@@ -1,10 +1,8 @@
-"""The optimizers under comparison and their settings (``optimizers.json``)."""
+"""The optimizers under comparison, and the learning-rate schedule they all share."""
 
 from __future__ import annotations
 
-import json
 import math
-from importlib import resources
 from typing import Any, Iterable
 
 import torch
@@ -12,26 +10,12 @@ import torch
 import adan
 
 OPTIMIZERS = ("adan", "adamw", "adam", "sgd", "lamb", "adan-bf16", "adan-int8")
-# Adan with compact state: Adan's settings (and its tuned learning rate), another state_dtype.
+# Adan with compact state: Adan's hyper-parameters, another state_dtype.
 COMPACT = {"adan-bf16": "bfloat16", "adan-int8": "int8"}
 
 
 class ExperimentError(ValueError):
     """A bad command line, configuration or data directory, with what to do about it."""
-
-
-def load_config(path: str | None = None) -> dict[str, Any]:
-    """The optimizer settings: the packaged ``optimizers.json`` or the file at ``path``."""
-    if path is None:
-        text = resources.files("adan.experiments").joinpath("optimizers.json").read_text()
-    else:
-        with open(path) as f:
-            text = f.read()
-    config = json.loads(text)
-    unknown = set(config["optimizers"]) - set(OPTIMIZERS)
-    if unknown:
-        raise ExperimentError(f"config names unknown optimizers {sorted(unknown)}; known: {', '.join(OPTIMIZERS)}")
-    return config
 
 
 def parse_optimizers(text: str, allowed: Iterable[str] = OPTIMIZERS) -> list[str]:
@@ -43,35 +27,29 @@ def parse_optimizers(text: str, allowed: Iterable[str] = OPTIMIZERS) -> list[str
     return names
 
 
-def settings(config: dict[str, Any], name: str, family: str) -> dict[str, Any]:
-    if name in COMPACT and name not in config["optimizers"]:
-        return {**settings(config, "adan", family), "state_dtype": COMPACT[name]}
-    try:
-        return dict(config["optimizers"][name][family])
-    except KeyError:
-        raise ExperimentError(f"optimizers.json has no {family!r} settings for {name!r}") from None
-
-
-def make_optimizer(name: str, params, hp: dict[str, Any]) -> torch.optim.Optimizer:
-    """Build optimizer ``name`` with hyper-parameters ``hp`` (from :func:`settings`)."""
-    hp = dict(hp)
-    if "betas" in hp:
-        hp["betas"] = tuple(hp["betas"])
+def optimizer_class(name: str) -> type:
+    """The class of optimizer ``name``."""
     if name == "adan" or name in COMPACT:
-        return adan.Adan(params, **hp)
-    if name == "adamw":
-        return torch.optim.AdamW(params, **hp)
-    if name == "adam":
-        return torch.optim.Adam(params, **hp)
-    if name == "sgd":
-        return torch.optim.SGD(params, **hp)
+        return adan.Adan
+    if name in ("adamw", "adam", "sgd"):
+        return {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam, "sgd": torch.optim.SGD}[name]
     if name == "lamb":
         try:
             from pytorch_optimizer import Lamb
         except ImportError as exc:
             raise ExperimentError("LAMB comes from pytorch-optimizer: pip install 'adan[experiments]'") from exc
-        return Lamb(params, **hp)
+        return Lamb
     raise ExperimentError(f"unknown optimizer {name!r}; choose from {', '.join(OPTIMIZERS)}")
+
+
+def make_optimizer(name: str, params, hp: dict[str, Any]) -> torch.optim.Optimizer:
+    """Build optimizer ``name`` with hyper-parameters ``hp``."""
+    hp = dict(hp)
+    if "betas" in hp:
+        hp["betas"] = tuple(hp["betas"])
+    if name in COMPACT:
+        hp["state_dtype"] = COMPACT[name]
+    return optimizer_class(name)(params, **hp)
 
 
 def warmup_cosine(total_steps: int, warmup_fraction: float):

@@ -1,62 +1,73 @@
-"""report.md and plots from the runs in ``--out``: mean ± std over seeds, and plain verdicts."""
+"""``report``: tables, plots and CSVs from everything under ``--out``.
+
+Per workload: the target and how it was set; per optimizer the chosen trial (flagged when
+it sits at an edge of its search space), steps and training seconds to the target, the
+best validation value and the final test metric over the reported seeds; then Adan
+against each other optimizer, paired by seed: differences with 95% confidence intervals
+(Student's t) and the verdict they support, and the ratio of steps to target with a
+bootstrap interval. Verdict words are printed only next to their interval.
+"""
 
 from __future__ import annotations
 
+import csv
+import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 
-from adan.experiments.runner import load_runs, run_id
+from adan.experiments import stats
+from adan.experiments.runner import load_runs, read_json, run_id
+from adan.experiments.study import reach
 
-PRIMARY = {"vision": ("test_acc", "test accuracy", True), "lm": ("test_loss", "test loss (nats/char)", False),
-           "rl": ("episode_return", "episodic return (last 3 rollouts)", True)}  # fmt: skip
+__all__ = ["write_report", "quick_table"]
 
 
-def _meta(out: Path, section: str) -> dict[str, Any] | None:
-    path = out / section / "meta.json"
-    from adan.experiments.runner import read_json
-
-    return read_json(path, "meta file") if path.exists() else None
+def _fmt(x: Optional[float], digits: int = 4) -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "–"
+    return f"{x:.{digits}g}"
 
 
 def _ms(values: list[float], digits: int = 4) -> str:
-    v = np.asarray(values, dtype=float)
-    if len(v) == 0:
-        return "–"
-    return f"{v.mean():.{digits}f} ± {v.std(ddof=1) if len(v) > 1 else 0.0:.{digits}f}"
+    mean, sd = stats.summary(values)
+    return "–" if mean != mean else f"{mean:.{digits}g} ± {sd:.2g}"
 
 
-def _records(runs: dict[str, dict], specs: list[dict]) -> list[dict]:
-    return [runs[run_id(s)] for s in specs if run_id(s) in runs]
+def _ci(mean: float, lo: float, hi: float, digits: int = 3) -> str:
+    return "–" if mean != mean else f"{mean:+.{digits}g} [{lo:+.{digits}g}, {hi:+.{digits}g}]"
 
 
-def _group(records: list[dict], *keys: str) -> dict[tuple, list[dict]]:
-    groups: dict[tuple, list[dict]] = {}
-    for r in records:
-        groups.setdefault(tuple(r["spec"].get(k) for k in keys), []).append(r)
-    return groups
-
-
-def _curve_plot(path: Path, title: str, groups: dict[str, list[dict]], x_key: str, y_key: str, ylabel: str) -> None:
+def _plt():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _band_plot(path: Path, title: str, groups: dict[str, list[dict]], x_key: str, ylabel: str, target: Optional[float]) -> None:
+    plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 4))
     for label, records in groups.items():
-        curves = [(np.asarray(r["curves"][x_key], float), np.asarray(r["curves"][y_key], float)) for r in records if r["curves"][x_key]]
+        curves = [(np.asarray(r["curve"][x_key], float), np.asarray(r["curve"]["val"], float)) for r in records if r["curve"]["val"]]
         if not curves:
             continue
-        grid = curves[0][0] if len({len(c[0]) for c in curves}) == 1 else np.linspace(max(c[0][0] for c in curves), min(c[0][-1] for c in curves), 50)
+        lo = max(c[0][0] for c in curves)
+        hi = min(c[0][-1] for c in curves)
+        grid = np.linspace(lo, hi, 60) if hi > lo else curves[0][0]
         ys = np.stack([np.interp(grid, x, y) for x, y in curves])
-        mean, std = ys.mean(0), ys.std(0)
+        mean = np.nanmean(ys, 0)
+        sd = np.nanstd(ys, 0, ddof=1) if len(ys) > 1 else np.zeros_like(mean)
         ax.plot(grid, mean, label=f"{label} (n={len(curves)})")
-        ax.fill_between(grid, mean - std, mean + std, alpha=0.2)
+        ax.fill_between(grid, mean - sd, mean + sd, alpha=0.2)
+    if target is not None:
+        ax.axhline(target, color="k", ls="--", lw=0.8, label="target")
     ax.set_title(title)
-    ax.set_xlabel(x_key)
-    ax.set_ylabel(ylabel)
+    ax.set_xlabel({"step": "steps", "seconds": "training seconds (evaluation excluded)"}[x_key])
+    ax.set_ylabel(ylabel + " (mean ± sample std over seeds)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -64,184 +75,236 @@ def _curve_plot(path: Path, title: str, groups: dict[str, list[dict]], x_key: st
     plt.close(fig)
 
 
-def _verdict(means: dict[str, list[float]], higher: bool) -> str:
-    """Whether Adan's mean is best, and by how much relative to the seed spread."""
-    if "adan" not in means or len(means) < 2:
-        return ""
-    avg = {k: float(np.mean(v)) for k, v in means.items()}
-    others = {k: v for k, v in avg.items() if k != "adan"}
-    best_other = max(others, key=others.get) if higher else min(others, key=others.get)
-    diff = avg["adan"] - others[best_other]
-    if not higher:
-        diff = -diff
-    spread = max(float(np.std(means["adan"], ddof=1)) if len(means["adan"]) > 1 else 0.0,
-                 float(np.std(means[best_other], ddof=1)) if len(means[best_other]) > 1 else 0.0)  # fmt: skip
-    if diff > spread:
-        word = "better than"
-    elif diff >= -spread:
-        word = "within one seed std of"
-    else:
-        word = "worse than"
-    return f"Adan is **{word}** the best other optimizer ({best_other}): difference {diff:+.4f} (larger std {spread:.4f})."
-
-
-def _supervised(out: Path, runs: dict, section: str, lines: list[str]) -> None:
-    meta = _meta(out, section)
-    if not meta:
-        return
-    task = meta["kind"]
-    key, label, higher = PRIMARY[task]
-    records = _records(runs, meta["specs"])
-    lines += [f"## {section}", ""]
-    base = meta.get("base", {})
-    budget = ", ".join(f"{k} {base[k]}" for k in ("epochs", "steps", "timesteps", "batch_size", "max_train", "size") if k in base)
-    lines += [f"Budget: {budget}; seeds {meta['seeds']}. Primary metric: {label}.", ""]
-    for model in meta["models"]:
-        by_opt = {o: [r for r in records if r["spec"]["model"] == model and r["spec"]["optimizer"] == o] for o in meta["optimizers"]}
-        if task == "vision":
-            cols = ["test_acc", "val_acc", "train_loss"]
-        elif task == "lm":
-            cols = ["test_loss", "test_ppl", "val_loss"]
-        else:
-            cols = ["episode_return"]
-        lines += [f"### {model}", "", "| optimizer | lr | " + " | ".join(cols) + " | wall s/run |", "|---|---:|" + "---:|" * (len(cols) + 1)]
-        for o, rs in by_opt.items():
-            if not rs:
-                continue
-            lr = rs[0]["hparams"]["lr"]
-            cells = [_ms([r["final"][c] for r in rs], 2 if c in ("episode_return", "test_ppl") else 4) for c in cols]
-            lines.append(f"| {o} | {lr:.3g} | " + " | ".join(cells) + f" | {np.mean([r['wall_time_s'] for r in rs]):.0f} |")
-        verdict = _verdict({o: [r["final"][key] for r in rs] for o, rs in by_opt.items() if rs}, higher)
-        lines += ["", verdict, ""] if verdict else [""]
-        x_key, y_key, ylabel = {"vision": ("epoch", "val_acc", "validation accuracy"), "lm": ("step", "val_loss", "validation loss"),
-                                "rl": ("timesteps", "episode_return", "episodic return")}[task]  # fmt: skip
-        png = f"{section}-{model}.png"
-        _curve_plot(out / png, f"{section}: {model}", {o: rs for o, rs in by_opt.items() if rs}, x_key, y_key, ylabel)
-        lines += [f"![{section} {model}]({png})", ""]
-    selection = out / task / "selection.json"
-    if selection.exists() and task != "rl":
-        lines += ["Learning-rate multipliers tried on validation data (seed 0):", "", "```", selection.read_text().strip(), "```", ""]
-
-
-def _batch_sweep(out: Path, runs: dict, lines: list[str]) -> None:
-    meta = _meta(out, "batch-sweep")
-    if not meta:
-        return
-    records = _records(runs, meta["specs"])
-    lines += ["## batch-sweep", "", f"ResNet, {meta['rule']}; seeds {meta['seeds']}. Test accuracy:", ""]
-    lines += ["| batch | " + " | ".join(meta["optimizers"]) + " |", "|---:|" + "---:|" * len(meta["optimizers"])]
-    series: dict[str, list[tuple[int, float, float]]] = {o: [] for o in meta["optimizers"]}
-    for b in meta["batches"]:
-        cells = []
-        for o in meta["optimizers"]:
-            vals = [r["final"]["test_acc"] for r in records if r["spec"]["batch_size"] == b and r["spec"]["optimizer"] == o]
-            cells.append(_ms(vals))
-            if vals:
-                series[o].append((b, float(np.mean(vals)), float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0))
-        lines.append(f"| {b} | " + " | ".join(cells) + " |")
-    drops = {o: s[0][1] - s[-1][1] for o, s in series.items() if len(s) > 1}
-    if drops:
-        lines += ["", "Accuracy lost from the smallest to the largest batch: " + ", ".join(f"{o} {d:+.4f}" for o, d in drops.items()), ""]
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def _lr_plot(path: Path, title: str, trials: dict[str, list[dict]], ylabel: str) -> None:
+    plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 4))
-    for o, s in series.items():
-        if s:
-            b, m, e = zip(*s)
-            ax.errorbar(b, m, yerr=e, marker="o", capsize=3, label=o)
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("batch size")
-    ax.set_ylabel("test accuracy")
-    ax.set_title("accuracy against batch size (ResNet)")
+    for o, records in trials.items():
+        pts = sorted((r["spec"]["trial"]["lr"], r["final"]["best_val"]) for r in records)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=o, alpha=0.8)
+    ax.set_xscale("log")
+    ax.set_title(title)
+    ax.set_xlabel("learning rate (peak)")
+    ax.set_ylabel(f"best validation {ylabel}")
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out / "batch-sweep.png", dpi=110)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
-    lines += ["![batch sweep](batch-sweep.png)", ""]
 
 
-def _budget(out: Path, runs: dict, lines: list[str]) -> None:
-    meta = _meta(out, "budget")
-    if not meta:
+def _bars(path: Path, title: str, rows: list[tuple[str, float, float, float]], ylabel: str) -> None:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    names = [r[0] for r in rows]
+    means = np.array([r[1] for r in rows], float)
+    err = np.array([[r[1] - r[2], r[3] - r[1]] for r in rows], float).T
+    ax.bar(names, means, yerr=np.nan_to_num(err), capsize=4, color="tab:blue", alpha=0.7)
+    ax.set_title(title)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _by_id(out: Path) -> dict[str, dict]:
+    return {r["run_id"]: r for r in load_runs(out)}
+
+
+def _pick(runs: dict[str, dict], specs: list[dict]) -> list[dict]:
+    return [runs[run_id(s)] for s in specs if run_id(s) in runs]
+
+
+def _workload_section(out: Path, d: dict[str, Any], runs: dict[str, dict], lines: list[str], claims: dict) -> None:
+    key, higher, metric = d["key"], d["higher_is_better"], d["metric"]
+    target = d["target"]["value"]
+    by_opt = {o: _pick(runs, [s for s in d["reported"] if s["optimizer"] == o]) for o in d["optimizers"]}
+    if not any(by_opt.values()):
         return
-    records = _records(runs, meta["specs"])
-    lines += ["## budget", "", "Adan at 50% of the epochs (vision) or steps (lm) against AdamW at 100%.", ""]
-    lines += ["| task | model | metric | AdamW 100% | Adan 50% | verdict |", "|---|---|---|---:|---:|---|"]
-    for (task, model), rs in _group(records, "task", "model").items():
-        key, label, higher = PRIMARY[task]
-        full = [r["final"][key] for r in rs if r["spec"]["optimizer"] == "adamw"]
-        half = [r["final"][key] for r in rs if r["spec"]["optimizer"] == "adan"]
-        if not full or not half:
-            continue
-        d = np.mean(half) - np.mean(full)
-        ok = d >= 0 if higher else d <= 0
-        lines.append(f"| {task} | {model} | {label} | {_ms(full)} | {_ms(half)} | {'holds' if ok else 'does not hold'} ({d:+.4f}) |")
+    test_key = {"val_acc": "test_acc", "val_loss": "test_loss", "val_return": "test_return"}[metric]
+    lines += [f"## {key}", "", f"Target: validation {metric} {'>=' if higher else '<='} {target:.4g} ({d['target']['how']}).", ""]
+    lines += ["| optimizer | chosen trial | reached | steps to target | seconds to target | best val | final test |",
+              "|---|---|---:|---:|---:|---:|---:|"]  # fmt: skip
+    reaches = {}
+    for o, records in by_opt.items():
+        hits = [reach(r, target, higher) for r in records]
+        reaches[o] = hits
+        got = [h for h in hits if h.reached]
+        ch = d["chosen"][o]
+        trial = ", ".join(f"{k}={v:.3g}" for k, v in ch["trial"].items())
+        edge = f" **edge: {', '.join(ch['edges'])}**" if ch["edges"] else ""
+        lines.append(
+            f"| {o} | {trial}{edge} | {len(got)}/{len(hits)} | {_ms([h.steps for h in got], 4) if got else 'not reached'} | "
+            f"{_ms([h.seconds for h in got], 3) if got else '–'} | {_ms([r['final']['best_val'] for r in records])} | "
+            f"{_ms([r['final'][test_key] for r in records])} |"
+        )
     lines.append("")
-
-
-def _compact(out: Path, runs: dict, lines: list[str]) -> None:
-    """Compact state formats against float32 Adan: the difference against its seed spread."""
-    meta = _meta(out, "compact")
-    if not meta:
-        return
-    records = _records(runs, meta["specs"])
-    lines += ["## compact", "", "Adan with compact optimizer state, every format at float32 Adan's tuned learning rate; "
-              f"seeds {meta['seeds']}. *Within spread*: the mean is within one seed standard deviation of float32 "
-              "Adan's (or better). Bytes: optimizer state per parameter, step counters included.", ""]  # fmt: skip
-    for (task, model), group in _group(records, "task", "model").items():
-        key, label, higher = PRIMARY[task]
-        by_opt = {o: [r for r in group if r["spec"]["optimizer"] == o] for o in meta["optimizers"]}
-        ref = [r["final"][key] for r in by_opt.get("adan", [])]
-        ref_mean, ref_std = (float(np.mean(ref)), float(np.std(ref, ddof=1)) if len(ref) > 1 else 0.0) if ref else (None, 0.0)
-        lines += [f"### {task}: {model} ({label})", "", "| state | bytes/param | " + key + " | vs float32 | verdict |", "|---|---:|---:|---:|---|"]
-        for o, rs in by_opt.items():
-            if not rs:
+    if "adan" in by_opt and len(by_opt) > 1:
+        lines += ["Adan minus each other optimizer, paired by seed (mean [95% CI]); steps ratio = mean steps to target, "
+                  "Adan / other, over seeds where both reached it (bootstrap 95% CI):", "",
+                  "| vs | best val diff | verdict | final test diff | verdict | steps-to-target ratio |", "|---|---:|---|---:|---|---:|"]  # fmt: skip
+        test_higher = test_key != "test_loss"
+        a = {r["spec"]["seed"]: r for r in by_opt["adan"]}
+        bars = []
+        for o, records in by_opt.items():
+            if o == "adan":
                 continue
-            vals = [r["final"][key] for r in rs]
-            nbytes = [r["final"].get("state_bytes_per_param") for r in rs]
-            nbytes_cell = f"{np.mean(nbytes):.2f}" if all(b is not None for b in nbytes) else "–"
-            if o == "adan" or ref_mean is None:
-                diff_cell, verdict = "", "reference" if o == "adan" else ""
-            else:
-                diff = float(np.mean(vals)) - ref_mean
-                gain = diff if higher else -diff
-                diff_cell = f"{diff:+.4f}"
-                verdict = "better" if gain > ref_std else ("within spread" if gain >= -ref_std else f"**outside spread** (std {ref_std:.4f})")
-            name = {"adan": "float32"}.get(o, o.replace("adan-", ""))
-            lines.append(f"| {name} | {nbytes_cell} | {_ms(vals)} | {diff_cell} | {verdict} |")
+            b = {r["spec"]["seed"]: r for r in records}
+            seeds = sorted(a.keys() & b.keys())
+            vd = stats.paired_ci([a[s]["final"]["best_val"] for s in seeds], [b[s]["final"]["best_val"] for s in seeds])
+            td = stats.paired_ci([a[s]["final"][test_key] for s in seeds], [b[s]["final"][test_key] for s in seeds])
+            ha = {r["spec"]["seed"]: h.steps for r, h in zip(by_opt["adan"], reaches["adan"])}
+            hb = {r["spec"]["seed"]: h.steps for r, h in zip(records, reaches[o])}
+            ratio = stats.ratio_ci([ha.get(s) for s in seeds], [hb.get(s) for s in seeds])
+            vv, tv = stats.verdict(vd[1], vd[2], higher), stats.verdict(td[1], td[2], test_higher)
+            lines.append(f"| {o} | {_ci(*vd)} | {vv} | {_ci(*td)} | {tv} | {_ci(*ratio) if ratio[0] == ratio[0] else '–'} |".replace("[+", "[").replace(", +", ", "))
+            claims.setdefault("quality", []).append((key, o, td, tv))
+            if o == "adamw":
+                claims.setdefault("budget", []).append((key, ratio, sum(h.reached for h in reaches["adan"]), sum(h.reached for h in reaches[o]), len(seeds)))
+            bars.append((f"{o}", *ratio))
         lines.append("")
+        if bars:
+            _bars(out / f"{key}-ratio.png", f"{key}: steps to target, Adan / other", bars, "ratio (95% CI)")
+            lines += [f"![{key} ratios]({key}-ratio.png)", ""]
+    if "adamw" in by_opt and by_opt["adamw"]:
+        vals = np.array([r["curve"]["val"] for r in by_opt["adamw"] if len(r["curve"]["val"]) >= 4], float)
+        if len(vals):
+            q = max(1, vals.shape[1] // 4)
+            late = np.nanmean(vals[:, -1]) - np.nanmean(vals[:, -1 - q])
+            lines += [f"Plateau check: AdamW's mean validation {metric} changed by {late:+.3g} over the last quarter of the budget "
+                      f"(from {np.nanmean(vals[:, -1 - q]):.4g} to {np.nanmean(vals[:, -1]):.4g}).", ""]  # fmt: skip
+    for x_key in ("step", "seconds"):
+        png = f"{key}-{x_key}.png"
+        _band_plot(out / png, f"{key}: validation {metric}", by_opt, x_key, metric, target)
+        lines += [f"![{key} {x_key}]({png})", ""]
+    trials = {o: _pick(runs, specs) for o, specs in d["trials"].items()}
+    _lr_plot(out / f"{key}-lr.png", f"{key}: every trial", trials, metric)
+    lines += [f"![{key} lr sensitivity]({key}-lr.png)", ""]
+
+
+def _batch_section(out: Path, runs: dict[str, dict], lines: list[str], claims: dict) -> None:
+    for meta_path in sorted((out / "study").glob("batch-*.json")):
+        if meta_path.stem.count("-") != 1:
+            continue  # the per-batch-size decision files
+        meta = read_json(meta_path, "study file")
+        decisions = [read_json(out / "study" / f"{k}.json", "study file") for k in meta["keys"] if (out / "study" / f"{k}.json").exists()]
+        if not decisions:
+            continue
+        target = decisions[0]["target"]["value"]
+        optimizers = decisions[0]["optimizers"]
+        table: dict[str, dict[int, list]] = {o: {} for o in optimizers}
+        for d in decisions:
+            for o in optimizers:
+                records = _pick(runs, [s for s in d["reported"] if s["optimizer"] == o])
+                table[o][d["batch_size"]] = [reach(r, target, True).steps for r in records]
+        sizes = sorted({d["batch_size"] for d in decisions})
+        lines += [f"## Batch-size sweep ({meta_path.stem})", "",
+                  f"Steps to validation accuracy >= {target:.4g} (median over seeds, reached/seeds), each optimizer tuned at each batch size:", "",
+                  "| optimizer | " + " | ".join(str(b) for b in sizes) + " |", "|---|" + "---:|" * len(sizes)]  # fmt: skip
+        plt = _plt()
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for o in optimizers:
+            cells, xs, ys = [], [], []
+            for b in sizes:
+                hits = [h for h in table[o].get(b, []) if h is not None]
+                n = len(table[o].get(b, []))
+                cells.append(f"{int(np.median(hits))} ({len(hits)}/{n})" if hits else f"– (0/{n})")
+                if hits:
+                    xs.append(b)
+                    ys.append(float(np.median(hits)))
+            lines.append(f"| {o} | " + " | ".join(cells) + " |")
+            ax.plot(xs, ys, "o-", label=o)
+            claims.setdefault("batch", []).append((o, dict(zip(xs, ys))))
+        if sizes:
+            anchor = min(sizes)
+            ref = [ys for o, ys in claims.get("batch", []) if ys.get(anchor)]
+            if ref:
+                base = np.median([r[anchor] for r in ref])
+                ax.plot(sizes, [base * anchor / b for b in sizes], "k--", lw=0.8, label="perfect scaling")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("batch size")
+        ax.set_ylabel("steps to target (median over seeds)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / f"{meta_path.stem}-curve.png", dpi=110)
+        plt.close(fig)
+        lines += ["", f"![batch-size curve]({meta_path.stem}-curve.png)", "",
+                  "Perfect scaling (the dashed line) halves the steps each time the batch doubles.", ""]  # fmt: skip
+
+
+def _claims(lines: list[str], claims: dict) -> None:
+    lines += ["## The paper's claims, answered by the numbers above", ""]
+    if claims.get("quality"):
+        lines += ["**1. Better final quality than the other optimizers** (final test metric, Adan minus other, 95% CI):", ""]
+        for key, o, ci, v in claims["quality"]:
+            lines.append(f"- {key} vs {o}: {_ci(*ci)}: {v}")
+        lines.append("")
+    if claims.get("budget"):
+        lines += ["**2. AdamW's result with about half the budget** (steps to the AdamW-set target, Adan / AdamW; "
+                  "the claim is a ratio near 0.5):", ""]  # fmt: skip
+        for key, (r, lo, hi), na, nb, n in claims["budget"]:
+            if r != r:
+                lines.append(f"- {key}: Adan reached the target in {na}/{n} seeds, AdamW in {nb}/{n}: no ratio")
+                continue
+            word = ("consistent with half" if lo <= 0.5 <= hi else "faster than AdamW, but not by half" if hi < 1 and lo > 0.5
+                    else "at most half" if hi < 0.5 else "no detectable speed-up" if lo <= 1 <= hi else "slower than AdamW")  # fmt: skip
+            lines.append(f"- {key}: ratio {r:.3g} [{lo:.3g}, {hi:.3g}] ({na}/{n} and {nb}/{n} seeds reached it): {word}")
+        lines.append("")
+    if claims.get("batch"):
+        lines += ["**3. Tolerance to the batch size**: see the batch-size sweep table and curve (steps to target at each batch "
+                  "size, each optimizer tuned there).", ""]  # fmt: skip
+
+
+def _csvs(out: Path, runs: dict[str, dict]) -> None:
+    rows = []
+    with open(out / "curves.csv", "w", newline="") as f:
+        cw = csv.writer(f)
+        cw.writerow(["run_id", "step", "seconds", "val", "train"])
+        for rid, r in sorted(runs.items()):
+            c = r["curve"]
+            for row in zip(c["step"], c["seconds"], c["val"], c["train"]):
+                cw.writerow([rid, *row])
+            s = r["spec"]
+            rows.append({"run_id": rid, "workload": s["workload"], "size": s["size"], "role": s.get("role"), "optimizer": s["optimizer"],
+                         "seed": s["seed"], "batch_size": s["batch_size"], "steps": s["steps"],
+                         **{f"hp_{k}": v for k, v in s["trial"].items()}, **r["final"], "wall_time_s": r["wall_time_s"]})  # fmt: skip
+    keys = sorted({k for row in rows for k in row}, key=lambda k: (not k.startswith(("run_id", "workload")), k))
+    with open(out / "runs.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        w.writerows(rows)
 
 
 def write_report(out: Path) -> Path:
+    """``<out>/report.md`` (+ PNGs and CSVs) from every study under ``out``."""
     out = Path(out)
-    runs = {r["run_id"]: r for r in load_runs(out)}
-    lines = ["# adan-experiments report", "", f"{len(runs)} finished runs in `{out}`.", ""]
+    runs = _by_id(out)
+    lines = ["# Adan study report", "", "Generated by `adan-experiments report`; see `adan-experiments --help` for the protocol.", ""]
+    claims: dict = {}
+    for path in sorted((out / "study").glob("*.json")):
+        d = read_json(path, "study file")
+        if "reported" in d and not d["key"].startswith("batch-"):
+            _workload_section(out, d, runs, lines, claims)
+    _batch_section(out, runs, lines, claims)
+    _claims(lines, claims)
     if runs:
-        v = next(iter(runs.values()))["versions"]
-        lines += ["Versions: " + ", ".join(f"{k} {val}" for k, val in v.items()), ""]
-    for section in ("vision", "lm", "rl"):
-        _supervised(out, runs, section, lines)
-    _batch_sweep(out, runs, lines)
-    _budget(out, runs, lines)
-    _compact(out, runs, lines)
+        _csvs(out, runs)
     path = out / "report.md"
     out.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")
     return path
 
 
-def print_summary(out: Path, command: str) -> None:
-    """The report's tables for this command, printed to the terminal."""
-    section = {"batch-sweep": "## batch-sweep", "budget": "## budget"}.get(command, f"## {command}")
-    text = (Path(out) / "report.md").read_text()
-    start = text.find(section)
-    if start < 0:
-        return
-    end = text.find("\n## ", start + 3)
-    body = text[start : end if end > 0 else None].split("Learning-rate multipliers tried")[0]
-    print("\n".join(line for line in body.splitlines() if not line.startswith("![")).rstrip())
-    print(f"\nFull report: {Path(out) / 'report.md'}")
+def quick_table(records: list[dict[str, Any]], metric: str, test_key: str) -> str:
+    """The smoke test's numbers: mean ± std per workload and optimizer, and no verdict."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in records:
+        groups.setdefault((r["spec"]["workload"], r["spec"]["optimizer"]), []).append(r)
+    lines = ["smoke test: 2 seeds, untuned: no verdict", "",
+             f"{'workload':<10} {'optimizer':<9} {'best val':>18} {'final test':>18} {'seconds':>8}"]  # fmt: skip
+    for (w, o), rs in sorted(groups.items()):
+        lines.append(f"{w:<10} {o:<9} {_ms([r['final']['best_val'] for r in rs]):>18} "
+                     f"{_ms([r['final'][test_key] for r in rs]):>18} {np.mean([r['wall_time_s'] for r in rs]):>8.1f}")  # fmt: skip
+    return "\n".join(lines)

@@ -2,16 +2,20 @@
 
 Layout of ``--out``::
 
-    <out>/<task>/runs/<run_id>.json     one finished run (schema adan-experiments/1)
-    <out>/<task>/selection.json         the learning-rate multiplier chosen per optimizer
-    <out>/report.md, <out>/*.png        written by ``adan-experiments report``
+    <out>/runs/<run_id>.json      one finished run (schema adan-experiments/2)
+    <out>/report.md, <out>/*.png  written by ``adan-experiments report``
+    <out>/runs.csv, curves.csv    every run's final numbers and curves
 
-A run's file is written atomically when it finishes, so an interrupted command loses
-only the runs in flight; re-running it with the same ``--out`` skips finished runs.
+A run id is a hash of everything that defines the run (:data:`ID_FIELDS`: the workload
+and its size, optimizer and hyper-parameters, seed, budget, batch size, evaluation
+schedule, data source, device and :data:`HARNESS_VERSION`), so a changed input never
+reuses a stale result. A run's file is written atomically when it finishes: an
+interrupted command loses only the runs in flight, and re-running it resumes.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -28,23 +32,39 @@ import torch
 
 import adan
 
-SCHEMA = "adan-experiments/1"
-_ID_KEYS = ("task", "model", "optimizer", "lr_mult", "lr_scale", "batch_size", "epochs", "steps", "timesteps",
-            "size", "max_train", "seed")  # fmt: skip
+SCHEMA = "adan-experiments/2"
+# Bump when the training code changes what a run computes: every run id changes with it.
+HARNESS_VERSION = "2.0"
+ID_FIELDS = ("workload", "size", "optimizer", "trial", "seed", "steps", "batch_size", "evals", "data", "device", "harness")
+
+
+def data_source(kind: str, data_dir: str | None) -> str:
+    """An identity of the data a run reads: the shipped file, or a directory's listing
+    (names, sizes, modification times)."""
+    if kind == "rl":
+        return "gymnasium"
+    if data_dir is None:
+        from importlib import resources
+
+        name = "fashion_mnist.npz" if kind == "vision" else "shakespeare.txt.gz"
+        size = resources.files("adan.experiments").joinpath("data", name).stat().st_size if hasattr(
+            resources.files("adan.experiments").joinpath("data", name), "stat"
+        ) else 0
+        return f"shipped:{name}:{size}"
+    root = Path(data_dir).resolve()
+    entries = [root] if root.is_file() else sorted(q for q in root.rglob("*") if q.is_file())
+    listing = [(str(q.relative_to(root.parent)), q.stat().st_size, int(q.stat().st_mtime)) for q in entries]
+    return f"dir:{root}:" + hashlib.sha256(json.dumps(listing).encode()).hexdigest()[:16]
 
 
 def run_id(spec: dict[str, Any]) -> str:
-    parts = []
-    for key in _ID_KEYS:
-        if spec.get(key) is not None:
-            value = spec[key]
-            value = f"{value:g}" if isinstance(value, float) else str(value)
-            parts.append(f"{key}={value}")
-    return ",".join(parts).replace("/", "_")
+    fields = {k: spec.get(k) for k in ID_FIELDS}
+    digest = hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return f"{spec['workload']}-{spec['optimizer']}-s{spec['seed']}-{digest}"
 
 
 def run_path(out: Path, spec: dict[str, Any]) -> Path:
-    return Path(out) / spec["task"] / "runs" / f"{run_id(spec)}.json"
+    return Path(out) / "runs" / f"{run_id(spec)}.json"
 
 
 def versions() -> dict[str, str]:
@@ -91,9 +111,9 @@ def read_run(path: Path) -> dict[str, Any] | None:
     return record
 
 
-def load_runs(out: Path, task: str | None = None) -> list[dict[str, Any]]:
+def load_runs(out: Path) -> list[dict[str, Any]]:
     runs = []
-    for path in sorted(Path(out).glob(f"{task or '*'}/runs/*.json")):
+    for path in sorted(Path(out).glob("runs/*.json")):
         record = read_run(path)
         if record is not None:
             runs.append(record)
@@ -113,21 +133,20 @@ def _die_with_parent() -> None:
             os._exit(1)
 
 
-def _worker(spec: dict[str, Any], config: dict[str, Any], out: str) -> tuple[str, str | None]:
+def _worker(spec: dict[str, Any], out: str) -> tuple[str, str | None]:
     """Train and store one run (in a worker process or inline); returns (run_id, error)."""
-    from adan.experiments.train import run_spec
+    from adan.experiments.workloads import train
 
     try:
-        result = run_spec(spec, config)
+        result = train(spec)
     except Exception:  # keep the other runs going; the error is reported at the end
         return run_id(spec), traceback.format_exc()
-    record = {"schema": SCHEMA, "status": "done", "run_id": run_id(spec), "spec": spec, "config": config,
-              "versions": versions(), **result}  # fmt: skip
+    record = {"schema": SCHEMA, "status": "done", "run_id": run_id(spec), "spec": spec, "versions": versions(), **result}
     write_json(run_path(Path(out), spec), record)
     return run_id(spec), None
 
 
-def execute(specs: Iterable[dict[str, Any]], config: dict[str, Any], out: Path, jobs: int = 1, desc: str = "runs") -> None:
+def execute(specs: Iterable[dict[str, Any]], out: Path, jobs: int = 1, desc: str = "runs") -> None:
     """Run every spec whose result is not on disk yet; raise if any failed."""
     from tqdm.auto import tqdm
 
@@ -144,8 +163,8 @@ def execute(specs: Iterable[dict[str, Any]], config: dict[str, Any], out: Path, 
     with tqdm(total=len(todo), desc=desc, unit="run", dynamic_ncols=True) as bar:
         if jobs <= 1:
             for spec in todo:
-                bar.set_postfix_str(f"{spec.get('model')}/{spec['optimizer']}/seed {spec['seed']}")
-                rid, err = _worker(spec, config, str(out))
+                bar.set_postfix_str(f"{spec['workload']}/{spec['optimizer']}/seed {spec['seed']}")
+                rid, err = _worker(spec, str(out))
                 if err:
                     errors.append((rid, err))
                 bar.update()
@@ -153,7 +172,7 @@ def execute(specs: Iterable[dict[str, Any]], config: dict[str, Any], out: Path, 
             import multiprocessing as mp
 
             with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"), initializer=_die_with_parent) as pool:
-                futures = [pool.submit(_worker, spec, config, str(out)) for spec in todo]
+                futures = [pool.submit(_worker, spec, str(out)) for spec in todo]
                 for fut in as_completed(futures):
                     rid, err = fut.result()
                     if err:
