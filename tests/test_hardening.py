@@ -370,3 +370,36 @@ def test_kernel_cache_module_imports_cleanly_without_compiler_output():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "16"
+
+
+# ------------------------------------- the fused launchers' checked-layout cache
+@pytest.mark.skipif(not CPU_FUSED, reason="no C compiler")
+@pytest.mark.parametrize("state_dtype", ["float32", "int8"])
+def test_layout_cache_never_lets_a_changed_layout_through(state_dtype):
+    """The fused CPU launchers check a layout once; every way the layout can change is
+    checked again: state replaced, parameter resized, load_state_dict, restart_opt,
+    add_param_group."""
+    w = torch.nn.Parameter(torch.randn(64, 128))
+    opt = Adan([w], lr=1e-2, state_dtype=state_dtype, fused=True)
+    for _ in range(2):
+        w.grad = torch.randn_like(w)
+        opt.step()  # the layout is now cached
+    good = opt.state[w]["exp_avg_diff"]
+    opt.state[w]["exp_avg_diff"] = torch.zeros(32, 128, dtype=good.dtype)  # replaced by a wrong one
+    with pytest.raises(ValueError, match=r"'exp_avg_diff' has shape \(32, 128\)"):
+        opt.step()
+    opt.state[w]["exp_avg_diff"] = good
+    opt.step()
+    sd = copy.deepcopy(opt.state_dict())
+    opt.load_state_dict(sd)  # new state tensors: checked, and fine
+    opt.step()
+    opt.restart_opt()
+    opt.step()
+    extra = torch.nn.Parameter(torch.randn(64, 128))
+    extra.grad = torch.randn_like(extra)
+    opt.add_param_group({"params": [extra]})
+    opt.step()
+    w.data = torch.randn(128, 128)  # resized after all of that
+    w.grad = torch.randn_like(w)
+    with pytest.raises(ValueError, match=r"has shape \(128, 128\) but its 'exp_avg' has shape \(64, 128\)"):
+        opt.step()

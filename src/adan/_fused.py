@@ -23,7 +23,8 @@ from typing import Optional, Union
 import torch
 from torch import Tensor
 
-from adan._compact import block_layout, full_dtype
+from adan._checks import ValidatedLayouts, check_state_shapes
+from adan._compact import block_layout, full_dtype, scale_shape
 from adan._native import BuildError, load_library
 
 __all__ = ["fused_available", "state_dtype_for"]
@@ -168,6 +169,14 @@ def _flat_grads(params: list[Tensor], grads: list[Tensor], dtype: torch.dtype) -
         grads[k] = grads[k].to(dtype).contiguous()  # (.to(memory_format=...) may return a strided self)
 
 
+_LAYOUTS = ValidatedLayouts()
+
+
+def _named(grads, exp_avgs, exp_avg_diffs, exp_avg_sqs, neg_pre_grads, comps=None):
+    return (("grad", grads), ("exp_avg", exp_avgs), ("exp_avg_diff", exp_avg_diffs), ("exp_avg_sq", exp_avg_sqs),
+            ("neg_pre_grad", neg_pre_grads), ("param_comp", comps))  # fmt: skip
+
+
 def _pointer_table(slots: list[list[Tensor]]) -> tuple[array, list[int]]:
     """The data pointers of equally long tensor lists in one array, and each list's address
     in it (keep the array alive while the kernel runs)."""
@@ -212,6 +221,11 @@ def _launch_cpu(
 
     table, slots = _pointer_table([params, grads, exp_avgs, exp_avg_diffs, exp_avg_sqs, neg_pre_grads, state_steps])
     numels = array("q", [p.numel() for p in params])
+    n = len(params)
+    _LAYOUTS.check(
+        table[:n].tobytes() + table[2 * n :].tobytes() + numels.tobytes(),
+        lambda: check_state_shapes(params, _named(grads, exp_avgs, exp_avg_diffs, exp_avg_sqs, neg_pre_grads)),
+    )
     scalars = scalars.contiguous()
     rc = lib.adan_fused_step(
         len(params), _DTYPE_CODES[dtype], numels.buffer_info()[0], *slots, scalars.data_ptr(),
@@ -261,6 +275,13 @@ def _launch_cpu_compact(
         slots.append(comps)
     slots.append(state_steps)
     table, addresses = _pointer_table(slots)
+    n = len(params)
+    _LAYOUTS.check(
+        table[:n].tobytes() + table[2 * n :].tobytes() + rows.tobytes() + cols.tobytes(),
+        lambda: check_state_shapes(
+            params, _named(grads, exp_avgs, exp_avg_diffs, exp_avg_sqs, neg_pre_grads, comps), state_scales, scale_shape
+        ),
+    )
     at = iter(addresses)
     p_, g_, m_, v_, n_, neg_ = (next(at) for _ in range(6))
     ms_, vs_, ns_ = (next(at) for _ in range(3)) if fmt == 2 else (None, None, None)

@@ -729,6 +729,12 @@ def _chunks(tensors: tuple[Tensor, ...]):
         yield tuple(f[start : start + _CHUNK] for f in flat)
 
 
+def _check_shapes(params, grads, exp_avgs, exp_avg_sqs, exp_avg_diffs, neg_pre_grads, state_scales, param_comps) -> None:
+    named = (("grad", grads), ("exp_avg", exp_avgs), ("exp_avg_diff", exp_avg_diffs), ("exp_avg_sq", exp_avg_sqs),
+             ("neg_pre_grad", neg_pre_grads), ("param_comp", param_comps))  # fmt: skip
+    check_state_shapes(params, named, state_scales, _compact.scale_shape)
+
+
 def _per_tensor(lists, coefs: tuple[Tensor, ...], indices, kwargs) -> None:
     """Update the tensors at ``indices`` one at a time (slice by slice on the CPU)."""
     for i in indices:
@@ -831,6 +837,7 @@ def _single_tensor_adan(
 ) -> None:
     if not params:
         return
+    _check_shapes(params, grads, exp_avgs, exp_avg_sqs, exp_avg_diffs, neg_pre_grads, state_scales, param_comps)
     kwargs = dict(scale=_grad_scale(clip_coef, maximize), beta1=beta1, beta2=beta2, beta3=beta3, eps=eps,
                   lr=lr, weight_decay=weight_decay, no_prox=no_prox)  # fmt: skip
     lists = [params, grads, exp_avgs, exp_avg_diffs, exp_avg_sqs, neg_pre_grads, state_steps, state_scales, param_comps]
@@ -872,6 +879,7 @@ def _multi_tensor_adan(
 ) -> None:
     if not params:
         return
+    _check_shapes(params, grads, exp_avgs, exp_avg_sqs, exp_avg_diffs, neg_pre_grads, state_scales, param_comps)
     lists = [params, grads, exp_avgs, exp_avg_sqs, exp_avg_diffs, neg_pre_grads, state_steps, state_scales, param_comps]
     compact, lists = _fused.split_compact(lists, param_update)
     if compact[0]:  # compact formats are updated tensor by tensor; the rest below
@@ -988,12 +996,6 @@ def adan(
     """
     if not params:
         return
-    check_state_shapes(
-        params,
-        (("grad", grads), ("exp_avg", exp_avgs), ("exp_avg_diff", exp_avg_diffs), ("exp_avg_sq", exp_avg_sqs),
-         ("neg_pre_grad", neg_pre_grads), ("param_comp", param_comps)),
-        state_scales, _compact.scale_shape,
-    )  # fmt: skip
     if torch.is_tensor(lr) and lr.dim() != 0:  # any one-element lr, as torch.optim takes it
         lr = lr.reshape(())
     foreach, fused = _resolve_path(params, foreach, fused)
