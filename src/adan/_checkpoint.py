@@ -16,7 +16,7 @@ import torch
 from adan import _compact
 from adan._checks import check_foreign_options
 
-__all__ = ["from_reference_format", "validate", "PATH_OPTIONS"]
+__all__ = ["from_reference_format", "to_reference_format", "validate", "PATH_OPTIONS"]
 
 MOMENTS = ("exp_avg", "exp_avg_diff", "exp_avg_sq")
 STATE_KEYS = {"step", *MOMENTS, "neg_pre_grad", _compact.COMP_KEY, *_compact.SCALE_KEYS.values()}
@@ -138,3 +138,63 @@ def _validate_param_state(p_state: Any, p: torch.Tensor, where: str) -> None:
                 f"for a parameter of shape {tuple(p.shape)}"
             )
 
+
+
+# The group options the reference implementation and timm read (timm's ``caution`` off).
+_REFERENCE_GROUP = ("lr", "betas", "eps", "weight_decay", "max_grad_norm", "no_prox")
+
+
+def to_reference_format(state_dict: dict[str, Any]) -> dict[str, Any]:
+    """An :class:`adan.Adan` state dict in the format of the reference implementation and of
+    timm's ``Adan``, which load it and continue the same trajectory.
+
+    They count steps per parameter group, so each group's ``step`` becomes one integer
+    (``ValueError`` if its parameters' counts differ: a parameter that missed gradients
+    cannot be expressed there). Their state has float ``exp_avg``, ``exp_avg_sq``,
+    ``exp_avg_diff`` and ``neg_pre_grad`` only: ``bfloat16`` state is widened to float32
+    (exactly), while ``int8`` state, a Kahan ``param_comp`` and ``maximize=True`` raise
+    ``ValueError``. Without a group-level ``step``, timm would restart its bias
+    corrections at 1 and re-seed the previous gradient (the run drifts); with it, the run
+    continues exactly.
+
+    >>> torch.save(adan.to_reference_format(opt.state_dict()), "for_timm.pt")  # doctest: +SKIP
+    """
+    validate_shape = isinstance(state_dict, dict) and isinstance(state_dict.get("state"), dict)
+    if not validate_shape or not isinstance(state_dict.get("param_groups"), list):
+        raise ValueError("to_reference_format: expected an Adan state dict with 'state' and 'param_groups'")
+    saved = state_dict["state"]
+    state, groups = {}, []
+    for gi, g in enumerate(state_dict["param_groups"]):
+        if g.get("maximize"):
+            raise ValueError(f"to_reference_format: group {gi} has maximize=True, which the reference implementation lacks")
+        steps = set()
+        for pid in g["params"]:
+            s = saved.get(pid)
+            if not s:
+                continue
+            if "param_comp" in s:
+                raise ValueError(f"to_reference_format: parameter {pid} keeps a Kahan param_comp, which the reference format cannot hold")
+            if s["exp_avg"].dtype in (torch.int8, torch.uint8):
+                raise ValueError(
+                    f"to_reference_format: parameter {pid} has int8 state, which the reference format cannot express; "
+                    "load the checkpoint into Adan(state_dtype='float32') first, and export that"
+                )
+            step = s["step"]
+            steps.add(float(step.detach().cpu().reshape(())) if torch.is_tensor(step) else float(step))
+            state[pid] = {
+                k: (s[k].float() if s[k].dtype == torch.bfloat16 else s[k]).detach().clone()
+                for k in ("exp_avg", "exp_avg_sq", "exp_avg_diff", "neg_pre_grad") if k in s
+            }  # fmt: skip
+        if len(steps) > 1:
+            raise ValueError(
+                f"to_reference_format: the parameters of group {gi} have different step counts {sorted(steps)}; the reference "
+                "counts steps per group, so this state cannot be expressed there"
+            )
+        lr = g["lr"]
+        group = {k: g[k] for k in _REFERENCE_GROUP if k in g}
+        group["lr"] = float(lr.detach().cpu().reshape(())) if torch.is_tensor(lr) else lr
+        group.update(foreach=bool(g.get("foreach")), fused=False, caution=False, params=list(g["params"]))
+        if steps:
+            group["step"] = int(steps.pop())
+        groups.append(group)
+    return {"state": state, "param_groups": groups}
