@@ -403,3 +403,20 @@ def test_layout_cache_never_lets_a_changed_layout_through(state_dtype):
     w.grad = torch.randn_like(w)
     with pytest.raises(ValueError, match=r"has shape \(128, 128\) but its 'exp_avg' has shape \(64, 128\)"):
         opt.step()
+
+
+@pytest.mark.parametrize("path", ALL_PATHS)
+def test_kahan_with_float32_parameters_in_the_group(path):
+    """param_update='kahan' applies to bfloat16/float16 parameters; float32 ones beside them
+    (norms kept in float32, say) take the plain update (this used to raise KeyError)."""
+    w16 = torch.nn.Parameter(torch.randn(64, 64).bfloat16())
+    w32 = torch.nn.Parameter(torch.randn(64))
+    opt = Adan([w16, w32], lr=1e-2, param_update="kahan", **PATHS[path])
+    ref = Adan([torch.nn.Parameter(w32.detach().clone())], lr=1e-2, **PATHS[path])
+    for _ in range(2):
+        w16.grad, w32.grad = torch.randn(64, 64).bfloat16(), torch.randn(64)
+        ref.param_groups[0]["params"][0].grad = w32.grad.clone()
+        opt.step()
+        ref.step()
+    assert "param_comp" in opt.state[w16] and "param_comp" not in opt.state[w32]
+    assert torch.equal(w32, ref.param_groups[0]["params"][0])

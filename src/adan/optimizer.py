@@ -290,7 +290,7 @@ class Adan(Optimizer):
             lists["state_scales"] = [tuple(s[SCALE_KEYS[k]] for k in _MOMENTS) if SCALE_KEYS["exp_avg"] in s else None for s in states]
         if group["param_update"] == "kahan":  # a state made under another param_update gets its buffer now
             lists["param_comps"] = [
-                s[COMP_KEY] if COMP_KEY in s or p.dtype not in LOW_PRECISION
+                s.get(COMP_KEY) if COMP_KEY in s or p.dtype not in LOW_PRECISION
                 else s.setdefault(COMP_KEY, torch.zeros_like(p, memory_format=torch.preserve_format))
                 for p, s in zip(params, states)
             ]  # fmt: skip
