@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import adan
-from adan import Adan
+from adan import Adan, _compact
 from adan._fused import fused_available
 from conftest import assert_rel_close
 from optim_info import OPTIMIZER_INPUTS, PATHS
@@ -192,7 +192,7 @@ def test_triton_kernel_under_the_interpreter_matches_the_cpu_kernel():
     code = """
         import torch
         from adan.kernels.adan_triton import launch_triton
-        from adan._fused import _launch_cpu, _scalars
+        from adan._fused import _launch_cpu, scalars_of
         worst = {}
         for dt in (torch.float32, torch.float64, torch.bfloat16):
             sd = torch.float32 if dt == torch.bfloat16 else dt
@@ -206,7 +206,7 @@ def test_triton_kernel_under_the_interpreter_matches_the_cpu_kernel():
             for step in range(4):
                 grads = [torch.randn(s, generator=g0).to(dt) for s in shapes]
                 found = torch.tensor(1.0 if step == 2 else 0.0)
-                sc = _scalars(torch.tensor(1e-2), torch.tensor(0.7), step == 3, torch.tensor(2.0), found, torch.device("cpu"))
+                sc = scalars_of(torch.tensor(1e-2), torch.tensor(0.7), step == 3, torch.tensor(2.0), found, torch.device("cpu"))
                 launch_triton(pa, grads, *sa, ta, sc, 0.98, 0.92, 0.99, 1e-8, 0.02, step == 1)
                 _launch_cpu(pb, list(grads), *sb, tb, sc, 0.98, 0.92, 0.99, 1e-8, 0.02, step == 1)
             err = max(((a.double() - b.double()).abs().max() / b.double().abs().max()).item() for a, b in zip(pa, pb) if a.numel())
@@ -254,13 +254,13 @@ def test_triton_compact_kernel_under_the_interpreter_matches_the_cpu_compact_ker
                 oa.grad_scale, oa.found_inf = torch.tensor(1.0), found
                 oa.step()
                 lists = ob._gather_group(ob.param_groups[0])
-                sc = _fused._scalars(1e-2, None, False, torch.tensor(1.0), found, torch.device("cpu"))
-                idx = [i for i, (p, m) in enumerate(zip(lists["params"], lists["exp_avgs"])) if _fused._is_compact(p, m, pu)]
+                sc = _fused.scalars_of(1e-2, None, False, torch.tensor(1.0), found, torch.device("cpu"))
+                idx = [i for i, (p, m) in enumerate(zip(lists["params"], lists["exp_avgs"])) if C.is_compact(p, m, pu)]
                 pick = lambda key: [lists[key][i] for i in idx] if lists.get(key) is not None else None
                 launch_triton_compact(*(pick(k) for k in ("params", "grads", "exp_avgs", "exp_avg_diffs", "exp_avg_sqs",
                                       "neg_pre_grads", "state_steps", "state_scales", "param_comps")),
                                       pu, sc, 0.98, 0.92, 0.99, 1e-8, 0.02, False)
-            big = [i for i, p in enumerate(pa) if _fused._is_compact(p, oa.state[p]["exp_avg"], pu)]
+            big = [i for i, p in enumerate(pa) if C.is_compact(p, oa.state[p]["exp_avg"], pu)]
             val = lambda ps, o, i: ps[i].float() + (o.state[ps[i]]["param_comp"].float() if pu == "kahan" else 0)
             err = max(((val(pa, oa, i) - val(pb, ob, i)).norm() / val(pa, oa, i).norm()).item() for i in big)
             merr = max(((C.decode(oa.state[pa[i]], "exp_avg") - C.decode(ob.state[pb[i]], "exp_avg")).norm()

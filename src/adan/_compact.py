@@ -353,3 +353,24 @@ def write_param(
     else:  # kahan: keep what rounding lost
         p.copy_(value)
         comp.copy_(value - p.float())
+
+
+# ------------------------------------------------- which tensors are compact
+COMPACT_STATE = {torch.int8, torch.bfloat16}  # exp_avg dtypes of the compact formats
+
+
+def is_compact(p: Tensor, m: Tensor, param_update: str) -> bool:
+    """State in a compact format, or a low-precision parameter not rounded to nearest."""
+    return m.dtype in COMPACT_STATE or (param_update != "nearest" and p.dtype in LOW_PRECISION)
+
+
+def split_compact(lists: list[list], param_update: str) -> tuple[list[list], list[list]]:
+    """``lists`` (params first, exp_avgs third; ``None`` entries pass through) cut into the
+    tensors that take the compact update and the others. Each tensor is checked only when
+    some state is compact or parameters are rounded otherwise: this runs every step."""
+    params, exp_avgs = lists[0], lists[2]
+    if param_update == "nearest" and COMPACT_STATE.isdisjoint({m.dtype for m in exp_avgs}):
+        return [[] for _ in lists], lists
+    compact = [is_compact(p, m, param_update) for p, m in zip(params, exp_avgs)]
+    pick = lambda keep: [None if lst is None else [t for t, c in zip(lst, compact) if c == keep] for lst in lists]  # noqa: E731
+    return pick(True), pick(False)

@@ -1,9 +1,11 @@
 """The fused Adan path: one pass over all elements, on the CPU (C/OpenMP) or CUDA (Triton).
 
-``_fused_adan`` has the same signature as the single-tensor and foreach paths. In eager
-mode it calls the kernel directly (a ctypes call on the CPU); under ``torch.compile`` it
-goes through the custom op ``adan::fused_adan_`` so that the compiler sees one opaque
-op that mutates the parameters and the state in place.
+The kernels' entry points: :func:`fused_full` (full-precision state) and
+:func:`fused_compact` (compact state, where :func:`compact_kernels_run`); the dispatch
+between them lives in :mod:`adan._functional`. In eager mode the kernels are called
+directly (a ctypes call on the CPU); under ``torch.compile`` full-precision state goes
+through the custom op ``adan::fused_adan_`` so that the compiler sees one opaque op that
+mutates the parameters and the state in place.
 
 Scalars that may be tensors (lr, the clip factor, GradScaler's scale and found_inf) are
 folded into one small float64 tensor ``scalars = [lr, grad_multiplier, found_inf]`` on
@@ -121,7 +123,7 @@ def _as_f64(x: Union[Tensor, float], device: torch.device) -> Tensor:
     return torch.full((), float(x), dtype=torch.float64, device=device)
 
 
-def _scalars(
+def scalars_of(
     lr: Union[Tensor, float],
     clip_coef: Optional[Tensor],
     maximize: bool,
@@ -300,26 +302,6 @@ def _launch_cpu_compact(
         raise RuntimeError(f"fused Adan CPU compact kernel failed with code {rc}")
 
 
-_COMPACT_STATE = {torch.int8, torch.bfloat16}  # exp_avg dtypes of the compact formats
-
-
-def _is_compact(p: Tensor, m: Tensor, param_update: str) -> bool:
-    """State in a compact format, or a low-precision parameter not rounded to nearest."""
-    return m.dtype in _COMPACT_STATE or (param_update != "nearest" and p.dtype in _LOW_PRECISION)
-
-
-def split_compact(lists: list[list], param_update: str) -> tuple[list[list], list[list]]:
-    """``lists`` (params first, exp_avgs third; ``None`` entries pass through) cut into the
-    tensors that take the compact update and the others. Each tensor is checked only when
-    some state is compact or parameters are rounded otherwise: this runs every step."""
-    params, exp_avgs = lists[0], lists[2]
-    if param_update == "nearest" and _COMPACT_STATE.isdisjoint({m.dtype for m in exp_avgs}):
-        return [[] for _ in lists], lists
-    compact = [_is_compact(p, m, param_update) for p, m in zip(params, exp_avgs)]
-    pick = lambda keep: [None if lst is None else [t for t, c in zip(lst, compact) if c == keep] for lst in lists]  # noqa: E731
-    return pick(True), pick(False)
-
-
 def _fused_impl(
     params: list[Tensor],
     grads: list[Tensor],
@@ -380,85 +362,41 @@ def _fused_op(
     )  # fmt: skip
 
 
-def _fused_adan(
+def fused_full(
     params: list[Tensor],
     grads: list[Tensor],
     exp_avgs: list[Tensor],
-    exp_avg_sqs: list[Tensor],
     exp_avg_diffs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
     neg_pre_grads: list[Tensor],
     state_steps: list[Tensor],
-    *,
-    clip_coef: Optional[Tensor],
-    beta1: float,
-    beta2: float,
-    beta3: float,
-    lr: Union[float, Tensor],
-    weight_decay: float,
-    eps: float,
-    no_prox: bool,
-    maximize: bool,
-    capturable: bool,
-    grad_scale: Optional[Tensor] = None,
-    found_inf: Optional[Tensor] = None,
-    state_scales: Optional[list] = None,
-    param_comps: Optional[list] = None,
-    param_update: str = "nearest",
-    generator: Optional[torch.Generator] = None,
+    scalars: Tensor,
+    hparams: tuple[float, float, float, float, float, bool],
 ) -> None:
-    if not params:
-        return
-    scalars = _scalars(lr, clip_coef, maximize, grad_scale, found_inf, params[0].device)
-    lists = [params, grads, exp_avgs, exp_avg_diffs, exp_avg_sqs, neg_pre_grads, state_steps, state_scales, param_comps]
-    compact, lists = split_compact(lists, param_update)
-    if compact[0]:
-        _fused_compact(
-            compact[:7], compact[7], compact[8], param_update, scalars, (beta1, beta2, beta3, eps, weight_decay, no_prox),
-            amp=grad_scale is not None or found_inf is not None, generator=generator,
-        )  # fmt: skip
-    params, grads, exp_avgs, exp_avg_diffs, exp_avg_sqs, neg_pre_grads, state_steps = lists[:7]
-    if not params:
-        return
-    args = (
-        list(params), list(grads), exp_avgs, exp_avg_diffs, exp_avg_sqs, neg_pre_grads, state_steps,
-        scalars, beta1, beta2, beta3, eps, weight_decay, no_prox,
-    )  # fmt: skip
+    """The fused step of full-precision state: the kernels directly in eager mode, the custom
+    op ``adan::fused_adan_`` under ``torch.compile``."""
+    args = (list(params), list(grads), exp_avgs, exp_avg_diffs, exp_avg_sqs, neg_pre_grads, state_steps, scalars, *hparams)
     if torch.compiler.is_compiling():
         torch.ops.adan.fused_adan_(*args)
     else:
         _fused_impl(*args)
 
 
-def _fused_compact(
-    lists: list[list[Tensor]], state_scales, param_comps, param_update: str, scalars: Tensor, hparams, amp: bool,
+def compact_kernels_run(params: list[Tensor]) -> bool:
+    """Whether the compact kernels can take these tensors (eager, all CPU or all CUDA with Triton)."""
+    if torch.compiler.is_compiling():
+        return False
+    on_cpu = all(p.is_cpu for p in params)
+    return on_cpu or (all(p.is_cuda for p in params) and _triton_available())
+
+
+def fused_compact(
+    lists: list[list[Tensor]], state_scales, param_comps, param_update: str, scalars: Tensor, hparams,
     generator: Optional[torch.Generator] = None,
 ) -> None:
-    """Compact tensors: one compact-kernel call per (parameter dtype, state format) on the CPU,
-    the Triton compact kernel on CUDA.
-
-    Under ``torch.compile``, or on CUDA without Triton, they take the torch ops of the
-    single-tensor path, which trace.
-    """
+    """Compact tensors (see :func:`compact_kernels_run`): one compact-kernel call per (device,
+    parameter dtype, state format), the C kernel on the CPU, the Triton kernel on CUDA."""
     params, _, exp_avgs = lists[:3]
-    on_cpu = all(p.is_cpu for p in params)
-    on_cuda = not on_cpu and all(p.is_cuda for p in params) and _triton_available()
-    if torch.compiler.is_compiling() or not (on_cpu or on_cuda):
-        from adan.optimizer import _single_tensor_adan
-
-        if amp:
-            raise RuntimeError(
-                "fused Adan: compact state (state_dtype != 'float32' or param_update != 'nearest') with a GradScaler "
-                "is supported by the fused kernels in eager mode only"
-            )
-        beta1, beta2, beta3, eps, weight_decay, no_prox = hparams
-        lr, mult = scalars[0], scalars[1]
-        _single_tensor_adan(
-            *(list(lst) for lst in (lists[0], lists[1], lists[2], lists[4], lists[3], lists[5], lists[6])),
-            clip_coef=mult, beta1=beta1, beta2=beta2, beta3=beta3, lr=lr, weight_decay=weight_decay, eps=eps,
-            no_prox=no_prox, maximize=False, capturable=False,
-            state_scales=state_scales, param_comps=param_comps, param_update=param_update, generator=generator,
-        )  # fmt: skip
-        return
     buckets: dict[tuple, list[int]] = {}
     for i, (p, m) in enumerate(zip(params, exp_avgs)):
         buckets.setdefault((p.device, p.dtype, m.dtype), []).append(i)

@@ -1,0 +1,527 @@
+r"""Functional Adan: :func:`adan` and the paths behind it.
+
+The layout follows ``torch/optim/adamw.py``: :func:`adan` dispatches to
+``_single_tensor_adan`` (a per-tensor loop of in-place ops), ``_multi_tensor_adan``
+(``torch._foreach_*`` over device/dtype buckets) or ``_fused_adan`` (one kernel pass,
+:mod:`adan._fused`). All take the same arguments and implement the same update (code
+convention, see :mod:`adan.reference` for the paper's)::
+
+    g     = clip * grad                   (-clip * grad with maximize=True)
+    d     = g - g'                        (g' = g at the first step)
+    m     = b1 m + (1 - b1) g             exp_avg
+    v     = b2 v + (1 - b2) d             exp_avg_diff
+    n     = b3 n + (1 - b3) (g + b2 d)^2  exp_avg_sq
+    denom = sqrt(n) / sqrt(1 - b3^t) + eps
+    p     = p - lr (m / (1 - b1^t) + b2 v / (1 - b2^t)) / denom
+    p     = p / (1 + lr wd)               (no_prox=True: p (1 - lr wd) before the update)
+    g'    = g                             stored as ``neg_pre_grad = -g``
+
+No path reads a tensor back to the host: the step count ``t`` lives in a tensor, the
+bias corrections are computed from it in float64 (tensor arithmetic, or inside the
+kernel), and the global clipping factor stays a tensor. bfloat16/float16 parameters
+keep float32 moments and are updated with float32 maths on every path.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Union
+
+import torch
+from torch import Tensor
+from torch.optim.optimizer import Optimizer
+
+from adan import _compact, _fused
+from adan._checks import check_state_shapes
+from adan._clip import _has_foreach_kernels
+from adan._compact import LOW_PRECISION, SCALE_KEYS
+
+__all__ = ["adan", "LR"]
+
+LR = Union[float, Tensor]
+_MOMENTS = ("exp_avg", "exp_avg_diff", "exp_avg_sq")
+
+
+def _grad_scale(clip_coef: Optional[Tensor], maximize: bool) -> Union[Tensor, float, None]:
+    """The factor the gradient is multiplied by: clipping and the sign of ``maximize``."""
+    if clip_coef is None:
+        return -1.0 if maximize else None
+    return -clip_coef if maximize else clip_coef
+
+
+def _scale_grads(grads: list[Tensor], scale: Union[Tensor, float], device: torch.device) -> list[Tensor]:
+    """``scale * grad`` in each gradient's own dtype (a 0-d gradient would otherwise promote)."""
+    if torch.is_tensor(scale):
+        scale = scale.to(device)
+    scaled = torch._foreach_mul(grads, scale)
+    return [s if s.dtype == g.dtype else s.to(g.dtype) for s, g in zip(scaled, grads)]
+
+
+def _step_coefficients(
+    steps: Tensor, lr: LR, beta1: float, beta2: float, beta3: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    """From (already incremented) step counts, in float64:
+    ``lr / (1 - b1^t)``, ``lr b2 / (1 - b2^t)`` and ``1 / sqrt(1 - b3^t)``."""
+    t = steps.to(torch.float64)
+    if isinstance(lr, Tensor):
+        lr = lr.to(device=t.device, dtype=torch.float64)
+    step_size = lr / (1 - beta1**t)
+    step_size_diff = lr * beta2 / (1 - beta2**t)
+    inv_bc3_sqrt = (1 - beta3**t).rsqrt()
+    return step_size, step_size_diff, inv_bc3_sqrt
+
+
+# CPU tensors above this many elements are updated in slices of it, so that the dozen
+# passes of the non-fused update run on data that stays in the L2 cache.
+_CHUNK = 1 << 16
+
+
+def _adan_lists(
+    p: list[Tensor],
+    g: list[Tensor],
+    m: list[Tensor],
+    v: list[Tensor],
+    n: list[Tensor],
+    neg: list[Tensor],
+    coefs: tuple[Tensor, Tensor, Tensor],
+    *,
+    scale: Union[Tensor, float, None],
+    beta1: float,
+    beta2: float,
+    beta3: float,
+    eps: float,
+    lr: LR,
+    weight_decay: float,
+    no_prox: bool,
+) -> None:
+    """The non-fused update on lists of tensors of one device and dtype, in place.
+
+    ``coefs`` = (``lr / (1 - b1^t)``, ``lr b2 / (1 - b2^t)``, ``1 / sqrt(1 - b3^t)``),
+    1-D float64 tensors with one value per tensor. The ``neg_pre_grad`` buffers carry
+    ``d``, then ``(g + b2 d) / b2``, then the denominator, and finally ``-g``: apart
+    from a scaled or upcast gradient, nothing is allocated.
+
+    On the CPU every ``_foreach`` op is a loop over per-tensor ops, and a Python scalar
+    costs a wrapped-tensor allocation per tensor there; 0-d tensors (``_c``) and the
+    per-tensor-value overloads (``addcmul``/``addcdiv`` with a 1-D tensor) avoid it.
+    """
+    device = p[0].device
+    cpu = device.type == "cpu" and not torch.compiler.is_compiling()
+    _c = (lambda x: torch.tensor(x, dtype=torch.float64)) if cpu else (lambda x: x)
+    step_size, step_size_diff, inv_bc3_sqrt = coefs
+    work = p
+    if p[0].dtype != m[0].dtype:  # low-precision parameters: float32 maths and state
+        g = [x.to(m[0].dtype) for x in g]
+        work = [x.to(m[0].dtype) for x in p]
+    if scale is not None:  # after the upcast: the clip factor multiplies in float32, as in the kernels
+        g = _scale_grads(g, scale, device)
+    if torch.is_tensor(lr):  # weight decay's 1 +- lr wd in float64, whatever the lr tensor's dtype
+        lr = lr.to(dtype=torch.float64)
+    torch._foreach_add_(neg, g)  # d = g - g'
+    torch._foreach_lerp_(m, g, 1 - beta1)
+    torch._foreach_lerp_(v, neg, 1 - beta2)
+    torch._foreach_mul_(n, _c(beta3))
+    if beta2 >= 0.01:  # n += (1 - b3) (g + b2 d)^2, as (1 - b3) b2^2 (d + g / b2)^2: one pass fewer
+        torch._foreach_add_(neg, g, alpha=1 / beta2)
+        torch._foreach_addcmul_(n, neg, neg, value=(1 - beta3) * beta2 * beta2)
+    else:  # tiny b2: 1 / b2 would overflow
+        torch._foreach_mul_(neg, _c(beta2))
+        torch._foreach_add_(neg, g)
+        torch._foreach_addcmul_(n, neg, neg, value=1 - beta3)
+    torch._foreach_copy_(neg, n)
+    torch._foreach_sqrt_(neg)
+    if cpu:  # neg * c3 as neg + (c3 - 1) * neg * 1, with per-tensor values
+        torch._foreach_addcmul_(neg, neg, [_ONE] * len(neg), inv_bc3_sqrt - 1)
+    else:
+        torch._foreach_mul_(neg, inv_bc3_sqrt.to(device).unbind())
+    torch._foreach_add_(neg, _c(eps))  # denom = sqrt(n) / sqrt(1 - b3^t) + eps
+    if weight_decay != 0 and no_prox:
+        torch._foreach_mul_(work, _c(1 - lr * weight_decay) if not torch.is_tensor(lr) else 1 - lr * weight_decay)
+    if cpu and step_size.device.type == "cpu":
+        # One value per tensor, read by the kernel from CPU memory: no temporaries.
+        torch._foreach_addcdiv_(work, m, neg, -step_size)
+        torch._foreach_addcdiv_(work, v, neg, -step_size_diff)
+    else:  # step counts on the device (capturable) or traced: 0-d tensor scalars
+        update = torch._foreach_mul(v, step_size_diff.to(device).unbind())
+        torch._foreach_add_(update, torch._foreach_mul(m, step_size.to(device).unbind()))
+        torch._foreach_div_(update, neg)
+        torch._foreach_sub_(work, update)
+    if weight_decay != 0 and not no_prox:
+        torch._foreach_div_(work, _c(1 + lr * weight_decay) if not torch.is_tensor(lr) else 1 + lr * weight_decay)
+    if work is not p:
+        torch._foreach_copy_(p, work)
+    torch._foreach_copy_(neg, g)
+    torch._foreach_neg_(neg)
+
+
+_ONE = torch.ones(())
+
+
+def _increment(steps: list[Tensor]) -> None:
+    """``steps += 1``; on the CPU with a 0-d tensor (a Python 1 costs an allocation per tensor)."""
+    if steps[0].device.type == "cpu" and not torch.compiler.is_compiling():
+        torch._foreach_add_(steps, [_ONE] * len(steps))
+    else:
+        torch._foreach_add_(steps, 1)
+
+
+def _chunks(tensors: tuple[Tensor, ...]):
+    """Equal slices of at most _CHUNK elements of same-shaped tensors (whole if strided)."""
+    numel = tensors[0].numel()
+    if numel <= _CHUNK or not all(t.is_contiguous() for t in tensors) or torch.compiler.is_compiling():
+        yield tensors
+        return
+    flat = [t.view(-1) for t in tensors]
+    for start in range(0, numel, _CHUNK):
+        yield tuple(f[start : start + _CHUNK] for f in flat)
+
+
+def _check_shapes(params, grads, exp_avgs, exp_avg_sqs, exp_avg_diffs, neg_pre_grads, state_scales, param_comps) -> None:
+    named = (("grad", grads), ("exp_avg", exp_avgs), ("exp_avg_diff", exp_avg_diffs), ("exp_avg_sq", exp_avg_sqs),
+             ("neg_pre_grad", neg_pre_grads), ("param_comp", param_comps))  # fmt: skip
+    check_state_shapes(params, named, state_scales, _compact.scale_shape)
+
+
+def _per_tensor(lists, coefs: tuple[Tensor, ...], indices, kwargs) -> None:
+    """Update the tensors at ``indices`` one at a time (slice by slice on the CPU)."""
+    for i in indices:
+        tensor_coefs = tuple(c[i : i + 1] for c in coefs)
+        for p, g, m, v, n, neg in _chunks(tuple(lst[i] for lst in lists)):
+            _adan_lists([p], [g], [m], [v], [n], [neg], tensor_coefs, **kwargs)
+
+
+def _row_chunks(t: Tensor):
+    """Slices ``(rows, cols)`` of about _CHUNK elements that never split a block."""
+    rows, cols = _compact.block_layout(t.shape)
+    if rows * cols <= _CHUNK or not t.is_contiguous() or torch.compiler.is_compiling():
+        yield None
+        return
+    if rows > 1:
+        step = max(1, _CHUNK // cols)
+        for r in range(0, rows, step):
+            yield slice(r, r + step), slice(None)
+    else:
+        for c in range(0, cols, _CHUNK):  # _CHUNK is a multiple of BLOCK
+            yield slice(None), slice(c, c + _CHUNK)
+
+
+def _per_tensor_compact(lists, extras, coefs: tuple[Tensor, ...], kwargs) -> None:
+    """The update for compact state or rounded parameters, tensor by tensor.
+
+    Each slice is decoded to float32, updated by ``_adan_lists`` (the one place the maths
+    lives) and encoded back; at a parameter's first step its previous gradient is the
+    current one, exactly (the stored one may have been rounded).
+    """
+    state_scales, param_comps, state_steps, param_update, generator = extras
+    kwargs = dict(kwargs)
+    scale = kwargs.pop("scale")
+    for i in range(len(lists[0])):
+        p, g, m, v, n, neg = (lst[i] for lst in lists)
+        scales = state_scales[i] if state_scales is not None else None
+        comp = param_comps[i] if param_comps is not None else None
+        first = state_steps[i].to(p.device) == 1
+        tensor_coefs = tuple(c[i : i + 1] for c in coefs)
+        for chunk in _row_chunks(p):
+            if chunk is None:
+                views = (p, g, m, v, n, neg, comp)
+                scale_views = scales
+            else:
+                rows, cols = _compact.block_layout(p.shape)
+                r, c = chunk
+                # the state is laid out like p (contiguous here); a gradient may be strided
+                views = tuple(None if t is None else t.view(rows, cols)[r, c] for t in (p, m, v, n, neg, comp))
+                views = (views[0], g.reshape(rows, cols)[r, c], *views[1:])
+                bc = c if c == slice(None) else slice(c.start // _compact.BLOCK, -(-c.stop // _compact.BLOCK))
+                scale_views = None if scales is None else tuple(s[r, bc] for s in scales)
+            _compact_slice(*views, scale_views, first, tensor_coefs, scale, param_update, generator, kwargs)
+
+
+def _compact_slice(p, g, m, v, n, neg, comp, scales, first, coefs, scale, param_update, generator, kwargs) -> None:
+    state = {"exp_avg": m, "exp_avg_diff": v, "exp_avg_sq": n, "neg_pre_grad": neg}
+    if scales is not None:
+        state.update(zip((SCALE_KEYS[k] for k in _MOMENTS), scales))
+    g32 = g.float() if g.dtype != torch.float32 else g
+    if scale is not None:
+        g32 = g32 * (scale.to(g32.device) if torch.is_tensor(scale) else scale)
+    m32, v32, n32 = (_compact.decode(state, k) for k in _MOMENTS)
+    neg32 = torch.where(first, -g32, _compact.decode(state, "neg_pre_grad"))
+    if p.dtype in LOW_PRECISION:
+        p32 = p.float() if comp is None else p.float() + comp.float()
+    else:
+        p32 = p  # float32 parameters are updated in place
+    _adan_lists([p32], [g32], [m32], [v32], [n32], [neg32], coefs, scale=None, **kwargs)
+    if m.dtype == torch.int8:
+        m32 = _compact.mark_nonfinite(m32, n32)
+    for key, value in zip((*_MOMENTS, "neg_pre_grad"), (m32, v32, n32, neg32)):
+        _compact.encode_into(state, key, value, generator=generator)
+    if p32 is not p:
+        _compact.write_param(p, p32, param_update, comp, generator)
+
+
+def _single_tensor_adan(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    exp_avg_diffs: list[Tensor],
+    neg_pre_grads: list[Tensor],
+    state_steps: list[Tensor],
+    *,
+    clip_coef: Optional[Tensor],
+    beta1: float,
+    beta2: float,
+    beta3: float,
+    lr: LR,
+    weight_decay: float,
+    eps: float,
+    no_prox: bool,
+    maximize: bool,
+    capturable: bool,
+    state_scales: Optional[list[Optional[tuple[Tensor, Tensor, Tensor]]]] = None,
+    param_comps: Optional[list[Optional[Tensor]]] = None,
+    param_update: str = "nearest",
+    generator: Optional[torch.Generator] = None,
+) -> None:
+    if not params:
+        return
+    _check_shapes(params, grads, exp_avgs, exp_avg_sqs, exp_avg_diffs, neg_pre_grads, state_scales, param_comps)
+    kwargs = dict(scale=_grad_scale(clip_coef, maximize), beta1=beta1, beta2=beta2, beta3=beta3, eps=eps,
+                  lr=lr, weight_decay=weight_decay, no_prox=no_prox)  # fmt: skip
+    lists = [params, grads, exp_avgs, exp_avg_diffs, exp_avg_sqs, neg_pre_grads, state_steps, state_scales, param_comps]
+    for part, compact in zip(_compact.split_compact(lists, param_update), (True, False)):
+        if not part[0]:
+            continue
+        steps = part[6]
+        _increment(steps)
+        coefs = _step_coefficients(torch.stack(steps), lr, beta1, beta2, beta3)
+        if compact:
+            _per_tensor_compact(part[:6], (part[7], part[8], steps, param_update, generator), coefs, kwargs)
+        else:
+            _per_tensor(part[:6], coefs, range(len(part[0])), kwargs)
+
+
+def _multi_tensor_adan(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    exp_avg_diffs: list[Tensor],
+    neg_pre_grads: list[Tensor],
+    state_steps: list[Tensor],
+    *,
+    clip_coef: Optional[Tensor],
+    beta1: float,
+    beta2: float,
+    beta3: float,
+    lr: LR,
+    weight_decay: float,
+    eps: float,
+    no_prox: bool,
+    maximize: bool,
+    capturable: bool,
+    state_scales: Optional[list[Optional[tuple[Tensor, Tensor, Tensor]]]] = None,
+    param_comps: Optional[list[Optional[Tensor]]] = None,
+    param_update: str = "nearest",
+    generator: Optional[torch.Generator] = None,
+) -> None:
+    if not params:
+        return
+    _check_shapes(params, grads, exp_avgs, exp_avg_sqs, exp_avg_diffs, neg_pre_grads, state_scales, param_comps)
+    lists = [params, grads, exp_avgs, exp_avg_sqs, exp_avg_diffs, neg_pre_grads, state_steps, state_scales, param_comps]
+    compact, lists = _compact.split_compact(lists, param_update)
+    if compact[0]:  # compact formats are updated tensor by tensor; the rest below
+        _single_tensor_adan(
+            *compact[:7], clip_coef=clip_coef, beta1=beta1, beta2=beta2, beta3=beta3, lr=lr, weight_decay=weight_decay,
+            eps=eps, no_prox=no_prox, maximize=maximize, capturable=capturable,
+            state_scales=compact[7], param_comps=compact[8], param_update=param_update, generator=generator,
+        )  # fmt: skip
+    params, grads, exp_avgs, exp_avg_sqs, exp_avg_diffs, neg_pre_grads, state_steps = lists[:7]
+    if not params:
+        return
+    buckets = Optimizer._group_tensors_by_device_and_dtype(
+        [params, grads, exp_avgs, exp_avg_diffs, exp_avg_sqs, neg_pre_grads, state_steps]
+    )
+    kwargs = dict(scale=_grad_scale(clip_coef, maximize), beta1=beta1, beta2=beta2, beta3=beta3, eps=eps,
+                  lr=lr, weight_decay=weight_decay, no_prox=no_prox)  # fmt: skip
+    for (*lists, steps), _ in buckets.values():
+        _increment(steps)
+        coefs = _step_coefficients(torch.stack(steps), lr, beta1, beta2, beta3)
+        if lists[0][0].device.type != "cpu" or torch.compiler.is_compiling():
+            _adan_lists(*lists, coefs, **kwargs)
+            continue
+        # On the CPU, work in cache-sized pieces: a large tensor slice by slice, small
+        # ones in foreach batches of about _CHUNK elements.
+        numels = [t.numel() for t in lists[0]]
+        _per_tensor(lists, coefs, [i for i, k in enumerate(numels) if k > _CHUNK], kwargs)
+        batch, size = [], 0
+        for i, k in enumerate(numels + [_CHUNK + 1]):  # a sentinel flushes the last batch
+            if batch and (size + k > _CHUNK or i == len(numels)):
+                idx = torch.tensor(batch)
+                _adan_lists(*([lst[j] for j in batch] for lst in lists), tuple(c[idx] for c in coefs), **kwargs)
+                batch, size = [], 0
+            if i < len(numels) and k <= _CHUNK:
+                batch.append(i)
+                size += k
+
+
+def _fused_adan(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    exp_avg_diffs: list[Tensor],
+    neg_pre_grads: list[Tensor],
+    state_steps: list[Tensor],
+    *,
+    clip_coef: Optional[Tensor],
+    beta1: float,
+    beta2: float,
+    beta3: float,
+    lr: LR,
+    weight_decay: float,
+    eps: float,
+    no_prox: bool,
+    maximize: bool,
+    capturable: bool,
+    grad_scale: Optional[Tensor] = None,
+    found_inf: Optional[Tensor] = None,
+    state_scales: Optional[list] = None,
+    param_comps: Optional[list] = None,
+    param_update: str = "nearest",
+    generator: Optional[torch.Generator] = None,
+) -> None:
+    """The fused path: full-precision state through :func:`adan._fused.fused_full`; compact
+    state through the compact kernels where they run, else (under ``torch.compile``, or on
+    CUDA without Triton) through the torch ops of the single-tensor path, which trace."""
+    if not params:
+        return
+    scalars = _fused.scalars_of(lr, clip_coef, maximize, grad_scale, found_inf, params[0].device)
+    hparams = (beta1, beta2, beta3, eps, weight_decay, no_prox)
+    lists = [params, grads, exp_avgs, exp_avg_diffs, exp_avg_sqs, neg_pre_grads, state_steps, state_scales, param_comps]
+    compact, lists = _compact.split_compact(lists, param_update)
+    if compact[0]:
+        if _fused.compact_kernels_run(compact[0]):
+            _fused.fused_compact(compact[:7], compact[7], compact[8], param_update, scalars, hparams, generator=generator)
+        elif grad_scale is not None or found_inf is not None:
+            raise RuntimeError(
+                "fused Adan: compact state (state_dtype != 'float32' or param_update != 'nearest') with a GradScaler "
+                "is supported by the fused kernels in eager mode only"
+            )
+        else:  # the multiplier folds the clip factor and the maximize sign, as the kernels take it
+            p, g, m, v, n, neg, steps = (list(lst) for lst in compact[:7])
+            _single_tensor_adan(
+                p, g, m, n, v, neg, steps, clip_coef=scalars[1], beta1=beta1, beta2=beta2, beta3=beta3, lr=scalars[0],
+                weight_decay=weight_decay, eps=eps, no_prox=no_prox, maximize=False, capturable=False,
+                state_scales=compact[7], param_comps=compact[8], param_update=param_update, generator=generator,
+            )  # fmt: skip
+    if lists[0]:
+        _fused.fused_full(*lists[:7], scalars, hparams)
+
+
+_PLAIN = (Tensor, torch.nn.Parameter)
+_PLAIN_SET = set(_PLAIN)
+_FUSED_DTYPES = {torch.float32, torch.float64, torch.bfloat16, torch.float16}
+
+
+def _default_to_foreach(params: list[Tensor]) -> bool:
+    return all(type(p) in _PLAIN and _has_foreach_kernels(p.device) for p in params)
+
+
+def _fused_suits(params: list[Tensor]) -> bool:
+    """Plain, contiguous tensors of a dtype and device the fused kernel handles."""
+    # Set comprehensions over cheap attributes: this runs every step for fused=None.
+    return (
+        {type(p) for p in params} <= _PLAIN_SET
+        and {p.dtype for p in params} <= _FUSED_DTYPES
+        and ({p.is_cpu for p in params} == {True} or {p.is_cuda for p in params} == {True})
+        and all([p.is_contiguous() for p in params])
+    )
+
+
+def _resolve_path(params: list[Tensor], foreach: Optional[bool], fused: Optional[bool]) -> tuple[bool, bool]:
+    """(foreach, fused) for these tensors: fused wherever it is available, unless told."""
+    if fused is None and not foreach:
+        if foreach is None and _fused_suits(params):
+            devices = {p.device for p in params}
+            if all(_fused.fused_available(d) for d in devices):
+                return False, True
+            _fused.warn_fallback(next(iter(devices)))
+        fused = False
+    if foreach is None:
+        foreach = not fused and _default_to_foreach(params)
+    return bool(foreach), bool(fused)
+
+
+def adan(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    exp_avg_diffs: list[Tensor],
+    neg_pre_grads: list[Tensor],
+    state_steps: list[Tensor],
+    *,
+    foreach: Optional[bool] = None,
+    fused: Optional[bool] = None,
+    clip_coef: Optional[Tensor] = None,
+    beta1: float,
+    beta2: float,
+    beta3: float,
+    lr: LR,
+    weight_decay: float,
+    eps: float,
+    no_prox: bool,
+    maximize: bool = False,
+    capturable: bool = False,
+    grad_scale: Optional[Tensor] = None,
+    found_inf: Optional[Tensor] = None,
+    state_scales: Optional[list[Optional[tuple[Tensor, Tensor, Tensor]]]] = None,
+    param_comps: Optional[list[Optional[Tensor]]] = None,
+    param_update: str = "nearest",
+    generator: Optional[torch.Generator] = None,
+) -> None:
+    """Functional Adan: update ``params`` and the state lists in place.
+
+    ``neg_pre_grads`` must already hold minus the previous gradient (minus the current,
+    scaled gradient at a parameter's first step; the fused kernel instead ignores it at
+    ``t = 1``). ``clip_coef`` multiplies every gradient (see
+    :func:`global_clip_coefficient`). ``grad_scale``/``found_inf`` (fused only) unscale
+    the gradients and skip the step on inf. ``generator`` supplies the stochastic-rounding
+    bits of compact state (torch's default generator when ``None``). Every gradient and
+    state tensor must have its parameter's shape (``ValueError`` otherwise). See
+    :class:`Adan` for the rest.
+    """
+    if not params:
+        return
+    if torch.is_tensor(lr) and lr.dim() != 0:  # any one-element lr, as torch.optim takes it
+        lr = lr.reshape(())
+    foreach, fused = _resolve_path(params, foreach, fused)
+    if fused:
+        func = _fused_adan
+    else:
+        if grad_scale is not None or found_inf is not None:
+            raise RuntimeError("grad_scale and found_inf are supported by the fused path only")
+        func = _multi_tensor_adan if foreach else _single_tensor_adan
+    func(
+        params,
+        grads,
+        exp_avgs,
+        exp_avg_sqs,
+        exp_avg_diffs,
+        neg_pre_grads,
+        state_steps,
+        clip_coef=clip_coef,
+        beta1=beta1,
+        beta2=beta2,
+        beta3=beta3,
+        lr=lr,
+        weight_decay=weight_decay,
+        eps=eps,
+        no_prox=no_prox,
+        maximize=maximize,
+        capturable=capturable,
+        state_scales=state_scales,
+        param_comps=param_comps,
+        param_update=param_update,
+        generator=generator,
+        **({"grad_scale": grad_scale, "found_inf": found_inf} if fused else {}),
+    )
