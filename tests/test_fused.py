@@ -320,3 +320,16 @@ def test_fused_takes_strided_gradients(dtype):
     tol = {torch.float32: 1e-6, torch.float64: 1e-12, torch.bfloat16: 1e-2}[dtype]
     for a, b in zip(results["single"], results["fused"]):
         assert (a - b).abs().max() <= tol * a.abs().max(), (a - b).abs().max()
+
+
+def test_gpu_check_runs_without_cuda():
+    """benchmarks/gpu_check.py skips its CUDA parts with a clear message where there is no GPU."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is here: run benchmarks/gpu_check.py itself")
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu_check.py"
+    out = subprocess.run([sys.executable, str(script), "--quick"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "no CUDA device: skipping" in out.stdout, out.stderr[-2000:]
