@@ -34,6 +34,7 @@ from adan import _compact, _fused
 from adan._checks import check_state_shapes
 from adan._clip import _has_foreach_kernels
 from adan._compact import LOW_PRECISION, SCALE_KEYS
+from adan._maths import bias_corrections
 
 __all__ = ["adan", "LR"]
 
@@ -61,13 +62,7 @@ def _step_coefficients(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """From (already incremented) step counts, in float64:
     ``lr / (1 - b1^t)``, ``lr b2 / (1 - b2^t)`` and ``1 / sqrt(1 - b3^t)``."""
-    t = steps.to(torch.float64)
-    if isinstance(lr, Tensor):
-        lr = lr.to(device=t.device, dtype=torch.float64)
-    step_size = lr / (1 - beta1**t)
-    step_size_diff = lr * beta2 / (1 - beta2**t)
-    inv_bc3_sqrt = (1 - beta3**t).rsqrt()
-    return step_size, step_size_diff, inv_bc3_sqrt
+    return bias_corrections(steps.to(torch.float64), lr, beta1, beta2, beta3)
 
 
 # CPU tensors above this many elements are updated in slices of it, so that the dozen

@@ -21,6 +21,7 @@ import triton.language as tl
 from torch import Tensor
 
 from adan._checks import check_state_shapes
+from adan._maths import bias_corrections
 
 _BLOCK = 1024
 
@@ -82,10 +83,8 @@ def step_coefficients(
     not_inf = (scalars[2] == 0).to(state_steps[0].dtype)
     torch._foreach_add_(state_steps, [not_inf.to(s.device) for s in state_steps])
     t = torch.stack(state_steps).to(device=device, dtype=torch.float64)
-    lr = scalars[0]
-    return torch.stack(
-        [lr / (1 - beta1**t), lr * beta2 / (1 - beta2**t), (1 - beta3**t).rsqrt(), (t != 1).to(torch.float64)], dim=1
-    ).contiguous()
+    a1, a2, c3 = bias_corrections(t, scalars[0], beta1, beta2, beta3)
+    return torch.stack([a1, a2, c3, (t != 1).to(torch.float64)], dim=1).contiguous()
 
 
 def launch_triton(

@@ -1,0 +1,27 @@
+"""The per-step scalars of the update, written once for every Python-side path.
+
+From the step count ``t`` (already incremented) and the learning rate, in float64::
+
+    a1 = lr / (1 - b1^t)          the bias-corrected step size of m
+    a2 = lr b2 / (1 - b2^t)       the same for v, with the Nesterov weight b2
+    c3 = 1 / sqrt(1 - b3^t)       the bias correction of sqrt(n)
+
+The torch paths (:mod:`adan._functional`) and the Triton launchers use this function; the
+C kernels compute the same three numbers in double from the same formulas.
+"""
+
+from __future__ import annotations
+
+from typing import Union
+
+import torch
+from torch import Tensor
+
+__all__ = ["bias_corrections"]
+
+
+def bias_corrections(t: Tensor, lr: Union[float, Tensor], beta1: float, beta2: float, beta3: float) -> tuple[Tensor, Tensor, Tensor]:
+    """``(a1, a2, c3)`` for float64 step counts ``t`` (any shape); ``lr`` a float or a tensor."""
+    if isinstance(lr, Tensor):
+        lr = lr.to(device=t.device, dtype=torch.float64)
+    return lr / (1 - beta1**t), lr * beta2 / (1 - beta2**t), (1 - beta3**t).rsqrt()
