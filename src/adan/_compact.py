@@ -47,7 +47,7 @@ holds what rounding the parameter lost, and is added back at the next step).
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 from torch import Tensor
@@ -364,13 +364,34 @@ def is_compact(p: Tensor, m: Tensor, param_update: str) -> bool:
     return m.dtype in COMPACT_STATE or (param_update != "nearest" and p.dtype in LOW_PRECISION)
 
 
-def split_compact(lists: list[list], param_update: str) -> tuple[list[list], list[list]]:
-    """``lists`` (params first, exp_avgs third; ``None`` entries pass through) cut into the
-    tensors that take the compact update and the others. Each tensor is checked only when
-    some state is compact or parameters are rounded otherwise: this runs every step."""
-    params, exp_avgs = lists[0], lists[2]
-    if param_update == "nearest" and COMPACT_STATE.isdisjoint({m.dtype for m in exp_avgs}):
-        return [[] for _ in lists], lists
-    compact = [is_compact(p, m, param_update) for p, m in zip(params, exp_avgs)]
-    pick = lambda keep: [None if lst is None else [t for t, c in zip(lst, compact) if c == keep] for lst in lists]  # noqa: E731
-    return pick(True), pick(False)
+class TensorLists(NamedTuple):
+    """The per-tensor lists of one update, by name, in one buffer order (m, v, n), as the
+    kernels take them. ``state_scales`` (int8 state) and ``param_comps`` (Kahan) may be
+    ``None``, or hold ``None`` entries."""
+
+    params: list
+    grads: list
+    exp_avgs: list
+    exp_avg_diffs: list
+    exp_avg_sqs: list
+    neg_pre_grads: list
+    state_steps: list
+    state_scales: Optional[list] = None
+    param_comps: Optional[list] = None
+
+    @property
+    def dense(self) -> tuple[list, list, list, list, list, list, list]:
+        """The seven lists every path has (the optional two left out)."""
+        return self[:7]
+
+    def select(self, keep: list[bool]) -> "TensorLists":
+        return TensorLists(*(None if lst is None else [t for t, k in zip(lst, keep) if k] for lst in self))
+
+    def split_compact(self, param_update: str) -> tuple["TensorLists", "TensorLists"]:
+        """(the tensors that take the compact update, the others). Each tensor is checked
+        only when some state is compact or parameters are rounded otherwise: this runs
+        every step."""
+        if param_update == "nearest" and COMPACT_STATE.isdisjoint({m.dtype for m in self.exp_avgs}):
+            return TensorLists(*([] if lst is not None else None for lst in self)), self
+        compact = [is_compact(p, m, param_update) for p, m in zip(self.params, self.exp_avgs)]
+        return self.select(compact), self.select([not c for c in compact])

@@ -33,7 +33,7 @@ from torch.optim.optimizer import Optimizer
 from adan import _compact, _fused
 from adan._checks import check_state_shapes
 from adan._clip import _has_foreach_kernels
-from adan._compact import LOW_PRECISION, SCALE_KEYS
+from adan._compact import LOW_PRECISION, SCALE_KEYS, TensorLists
 from adan._maths import bias_corrections
 
 __all__ = ["adan", "LR"]
@@ -199,21 +199,20 @@ def _row_chunks(t: Tensor):
             yield slice(None), slice(c, c + _CHUNK)
 
 
-def _per_tensor_compact(lists, extras, coefs: tuple[Tensor, ...], kwargs) -> None:
+def _per_tensor_compact(lists: TensorLists, param_update: str, generator, coefs: tuple[Tensor, ...], kwargs) -> None:
     """The update for compact state or rounded parameters, tensor by tensor.
 
     Each slice is decoded to float32, updated by ``_adan_lists`` (the one place the maths
     lives) and encoded back; at a parameter's first step its previous gradient is the
     current one, exactly (the stored one may have been rounded).
     """
-    state_scales, param_comps, state_steps, param_update, generator = extras
     kwargs = dict(kwargs)
     scale = kwargs.pop("scale")
-    for i in range(len(lists[0])):
-        p, g, m, v, n, neg = (lst[i] for lst in lists)
-        scales = state_scales[i] if state_scales is not None else None
-        comp = param_comps[i] if param_comps is not None else None
-        first = state_steps[i].to(p.device) == 1
+    for i in range(len(lists.params)):
+        p, g, m, v, n, neg = (lst[i] for lst in lists.dense[:6])
+        scales = lists.state_scales[i] if lists.state_scales is not None else None
+        comp = lists.param_comps[i] if lists.param_comps is not None else None
+        first = lists.state_steps[i].to(p.device) == 1
         tensor_coefs = tuple(c[i : i + 1] for c in coefs)
         for chunk in _row_chunks(p):
             if chunk is None:
@@ -281,17 +280,16 @@ def _single_tensor_adan(
     _check_shapes(params, grads, exp_avgs, exp_avg_sqs, exp_avg_diffs, neg_pre_grads, state_scales, param_comps)
     kwargs = dict(scale=_grad_scale(clip_coef, maximize), beta1=beta1, beta2=beta2, beta3=beta3, eps=eps,
                   lr=lr, weight_decay=weight_decay, no_prox=no_prox)  # fmt: skip
-    lists = [params, grads, exp_avgs, exp_avg_diffs, exp_avg_sqs, neg_pre_grads, state_steps, state_scales, param_comps]
-    for part, compact in zip(_compact.split_compact(lists, param_update), (True, False)):
-        if not part[0]:
+    lists = TensorLists(params, grads, exp_avgs, exp_avg_diffs, exp_avg_sqs, neg_pre_grads, state_steps, state_scales, param_comps)
+    for part, compact in zip(lists.split_compact(param_update), (True, False)):
+        if not part.params:
             continue
-        steps = part[6]
-        _increment(steps)
-        coefs = _step_coefficients(torch.stack(steps), lr, beta1, beta2, beta3)
+        _increment(part.state_steps)
+        coefs = _step_coefficients(torch.stack(part.state_steps), lr, beta1, beta2, beta3)
         if compact:
-            _per_tensor_compact(part[:6], (part[7], part[8], steps, param_update, generator), coefs, kwargs)
+            _per_tensor_compact(part, param_update, generator, coefs, kwargs)
         else:
-            _per_tensor(part[:6], coefs, range(len(part[0])), kwargs)
+            _per_tensor(part.dense[:6], coefs, range(len(part.params)), kwargs)
 
 
 def _multi_tensor_adan(
@@ -321,15 +319,16 @@ def _multi_tensor_adan(
     if not params:
         return
     _check_shapes(params, grads, exp_avgs, exp_avg_sqs, exp_avg_diffs, neg_pre_grads, state_scales, param_comps)
-    lists = [params, grads, exp_avgs, exp_avg_sqs, exp_avg_diffs, neg_pre_grads, state_steps, state_scales, param_comps]
-    compact, lists = _compact.split_compact(lists, param_update)
-    if compact[0]:  # compact formats are updated tensor by tensor; the rest below
+    lists = TensorLists(params, grads, exp_avgs, exp_avg_diffs, exp_avg_sqs, neg_pre_grads, state_steps, state_scales, param_comps)
+    compact, rest = lists.split_compact(param_update)
+    if compact.params:  # compact formats are updated tensor by tensor; the rest below
         _single_tensor_adan(
-            *compact[:7], clip_coef=clip_coef, beta1=beta1, beta2=beta2, beta3=beta3, lr=lr, weight_decay=weight_decay,
-            eps=eps, no_prox=no_prox, maximize=maximize, capturable=capturable,
-            state_scales=compact[7], param_comps=compact[8], param_update=param_update, generator=generator,
+            compact.params, compact.grads, compact.exp_avgs, compact.exp_avg_sqs, compact.exp_avg_diffs,
+            compact.neg_pre_grads, compact.state_steps, clip_coef=clip_coef, beta1=beta1, beta2=beta2, beta3=beta3, lr=lr,
+            weight_decay=weight_decay, eps=eps, no_prox=no_prox, maximize=maximize, capturable=capturable,
+            state_scales=compact.state_scales, param_comps=compact.param_comps, param_update=param_update, generator=generator,
         )  # fmt: skip
-    params, grads, exp_avgs, exp_avg_sqs, exp_avg_diffs, neg_pre_grads, state_steps = lists[:7]
+    params, grads, exp_avgs, exp_avg_diffs, exp_avg_sqs, neg_pre_grads, state_steps = rest.dense
     if not params:
         return
     buckets = Optimizer._group_tensors_by_device_and_dtype(
@@ -391,25 +390,25 @@ def _fused_adan(
         return
     scalars = _fused.scalars_of(lr, clip_coef, maximize, grad_scale, found_inf, params[0].device)
     hparams = (beta1, beta2, beta3, eps, weight_decay, no_prox)
-    lists = [params, grads, exp_avgs, exp_avg_diffs, exp_avg_sqs, neg_pre_grads, state_steps, state_scales, param_comps]
-    compact, lists = _compact.split_compact(lists, param_update)
-    if compact[0]:
-        if _fused.compact_kernels_run(compact[0]):
-            _fused.fused_compact(compact[:7], compact[7], compact[8], param_update, scalars, hparams, generator=generator)
+    lists = TensorLists(params, grads, exp_avgs, exp_avg_diffs, exp_avg_sqs, neg_pre_grads, state_steps, state_scales, param_comps)
+    compact, rest = lists.split_compact(param_update)
+    if compact.params:
+        if _fused.compact_kernels_run(compact.params):
+            _fused.fused_compact(compact, param_update, scalars, hparams, generator=generator)
         elif grad_scale is not None or found_inf is not None:
             raise RuntimeError(
                 "fused Adan: compact state (state_dtype != 'float32' or param_update != 'nearest') with a GradScaler "
                 "is supported by the fused kernels in eager mode only"
             )
         else:  # the multiplier folds the clip factor and the maximize sign, as the kernels take it
-            p, g, m, v, n, neg, steps = (list(lst) for lst in compact[:7])
             _single_tensor_adan(
-                p, g, m, n, v, neg, steps, clip_coef=scalars[1], beta1=beta1, beta2=beta2, beta3=beta3, lr=scalars[0],
-                weight_decay=weight_decay, eps=eps, no_prox=no_prox, maximize=False, capturable=False,
-                state_scales=compact[7], param_comps=compact[8], param_update=param_update, generator=generator,
+                compact.params, compact.grads, compact.exp_avgs, compact.exp_avg_sqs, compact.exp_avg_diffs,
+                compact.neg_pre_grads, compact.state_steps, clip_coef=scalars[1], beta1=beta1, beta2=beta2, beta3=beta3,
+                lr=scalars[0], weight_decay=weight_decay, eps=eps, no_prox=no_prox, maximize=False, capturable=False,
+                state_scales=compact.state_scales, param_comps=compact.param_comps, param_update=param_update, generator=generator,
             )  # fmt: skip
-    if lists[0]:
-        _fused.fused_full(*lists[:7], scalars, hparams)
+    if rest.params:
+        _fused.fused_full(*rest.dense, scalars, hparams)
 
 
 _PLAIN = (Tensor, torch.nn.Parameter)

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from adan._checks import ValidatedLayouts, check_state_shapes
-from adan._compact import block_layout, full_dtype, scale_shape
+from adan._compact import TensorLists, block_layout, full_dtype, scale_shape
 from adan._native import BuildError, load_library
 
 __all__ = ["fused_available", "state_dtype_for"]
@@ -391,12 +391,11 @@ def compact_kernels_run(params: list[Tensor]) -> bool:
 
 
 def fused_compact(
-    lists: list[list[Tensor]], state_scales, param_comps, param_update: str, scalars: Tensor, hparams,
-    generator: Optional[torch.Generator] = None,
+    lists: TensorLists, param_update: str, scalars: Tensor, hparams, generator: Optional[torch.Generator] = None
 ) -> None:
     """Compact tensors (see :func:`compact_kernels_run`): one compact-kernel call per (device,
     parameter dtype, state format), the C kernel on the CPU, the Triton kernel on CUDA."""
-    params, _, exp_avgs = lists[:3]
+    params, exp_avgs = lists.params, lists.exp_avgs
     buckets: dict[tuple, list[int]] = {}
     for i, (p, m) in enumerate(zip(params, exp_avgs)):
         buckets.setdefault((p.device, p.dtype, m.dtype), []).append(i)
@@ -405,9 +404,6 @@ def fused_compact(
             from adan.kernels.adan_triton_compact import launch_triton_compact as launch
         else:
             launch = _launch_cpu_compact
-        launch(
-            *([lst[i] for i in idx] for lst in lists),
-            None if state_scales is None else [state_scales[i] for i in idx],
-            None if param_comps is None else [param_comps[i] for i in idx],
-            param_update, scalars.to(device), *hparams, generator=generator,
-        )  # fmt: skip
+        keep = set(idx)
+        part = lists.select([i in keep for i in range(len(params))])
+        launch(*part, param_update, scalars.to(device), *hparams, generator=generator)
