@@ -29,13 +29,12 @@
 
 #include "adan_bf16.h"
 #include "adan_f16.h"
+#include "adan_math.h"
 #include "parallel_slices.h"
 
 enum { DT_F32 = 0, DT_F64 = 1, DT_BF16 = 2, DT_F16 = 3 };
 
-typedef struct {
-    double a1, a2, c3, keep_diff; /* keep_diff = 0 at t == 1: the previous gradient is g */
-} coef_t;
+typedef adan_coef_t coef_t;
 
 #define ADAN_LOOP(T, SQRT, PT, LOAD, STORE)                                                   \
     do {                                                                                      \
@@ -47,19 +46,13 @@ typedef struct {
         T *restrict ng = (T *)neg_pre_grads[k];                                               \
         const T b1 = (T)beta1, b2 = (T)beta2, b3 = (T)beta3;                                  \
         const T omb1 = (T)(1.0 - beta1), omb2 = (T)(1.0 - beta2), omb3 = (T)(1.0 - beta3);     \
-        const T gm = (T)grad_mul, e = (T)eps, pre_ = (T)pre, post_ = (T)post;                 \
+        const T gm = (T)grad_mul, eps = (T)eps_, pre = (T)pre_, post = (T)post_;              \
         const T a1 = (T)coefs[k].a1, a2 = (T)coefs[k].a2, c3 = (T)coefs[k].c3;                \
         const T keep = (T)coefs[k].keep_diff;                                                 \
         _Pragma("omp simd")                                                                   \
         for (int64_t i = lo; i < hi; ++i) {                                                   \
             const T g = (T)LOAD(gr[i]) * gm;                                                  \
-            const T d = (g + ng[i]) * keep;                                                   \
-            const T mi = b1 * m[i] + omb1 * g;                                                \
-            const T vi = b2 * v[i] + omb2 * d;                                                \
-            const T u = g + b2 * d;                                                           \
-            const T ni = b3 * n[i] + omb3 * (u * u);                                          \
-            const T denom = SQRT(ni) * c3 + e;                                                \
-            const T pi = ((T)LOAD(p[i]) * pre_ - (a1 * mi + a2 * vi) / denom) * post_;        \
+            ADAN_ELEMENT(T, SQRT, g, ng[i], m[i], v[i], n[i], (T)LOAD(p[i]));                 \
             m[i] = mi;                                                                        \
             v[i] = vi;                                                                        \
             n[i] = ni;                                                                        \
@@ -75,8 +68,8 @@ typedef struct {
 static void run_range(int32_t dtype, int64_t k, int64_t lo, int64_t hi, void *const *params,
                       const void *const *grads, void *const *exp_avgs, void *const *exp_avg_diffs,
                       void *const *exp_avg_sqs, void *const *neg_pre_grads, const coef_t *coefs,
-                      double beta1, double beta2, double beta3, double eps, double grad_mul,
-                      double pre, double post) {
+                      double beta1, double beta2, double beta3, double eps_, double grad_mul,
+                      double pre_, double post_) {
     switch (dtype) {
     case DT_F32: ADAN_LOOP(float, sqrtf, float, IDENT, IDENT); break;
     case DT_F64: ADAN_LOOP(double, sqrt, double, IDENT, IDENT); break;
@@ -104,15 +97,10 @@ int adan_fused_step(int64_t n_tensors, int32_t dtype, const int64_t *numels, voi
     }
     offsets[0] = 0;
     for (int64_t k = 0; k < n_tensors; ++k) {
-        const double t = (double)(*steps[k] += 1.0f);
-        coefs[k].a1 = lr / (1.0 - pow(beta1, t));
-        coefs[k].a2 = lr * beta2 / (1.0 - pow(beta2, t));
-        coefs[k].c3 = 1.0 / sqrt(1.0 - pow(beta3, t));
-        coefs[k].keep_diff = t == 1.0 ? 0.0 : 1.0;
+        coefs[k] = adan_step_coef(steps[k], lr, beta1, beta2, beta3);
         offsets[k + 1] = offsets[k] + numels[k];
     }
-    const double pre = no_prox ? 1.0 - lr * weight_decay : 1.0;
-    const double post = no_prox ? 1.0 : 1.0 / (1.0 + lr * weight_decay);
+    const double pre = adan_pre(lr, weight_decay, no_prox), post = adan_post(lr, weight_decay, no_prox);
     PARALLEL_SLICES(n_tensors, offsets, n_threads,
                     run_range(dtype, k, lo, hi, params, grads, exp_avgs, exp_avg_diffs, exp_avg_sqs,
                               neg_pre_grads, coefs, beta1, beta2, beta3, eps, grad_mul, pre, post));

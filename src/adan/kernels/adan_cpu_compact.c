@@ -29,6 +29,7 @@
 
 #include "adan_bf16.h"
 #include "adan_f16.h"
+#include "adan_math.h"
 #include "parallel_slices.h"
 
 #define BLOCK 256
@@ -131,15 +132,9 @@ static inline __attribute__((always_inline)) void block_impl(
         const int64_t e = base + i;
         const float gi = load_param(grad, pdtype, e) * gm;
         const float prev = fmt == FMT_F32 ? negf[e] : bf16_to_f32(neg16[e]);
-        const float d = (gi + prev) * keep;
-        const float mi = b1 * m[i] + omb1 * gi;
-        const float vi = b2 * v[i] + omb2 * d;
-        const float u = gi + b2 * d;
-        const float ni = b3 * n[i] + omb3 * (u * u);
-        const float denom = sqrtf(ni) * c3 + eps;
-        float pi = load_param(param, pdtype, e);
-        if (pu == PU_KAHAN && pdtype != DT_F32) pi += load_param(comp, pdtype, e);
-        pi = (pi * pre - (a1 * mi + a2 * vi) / denom) * post;
+        float p_old = load_param(param, pdtype, e);
+        if (pu == PU_KAHAN && pdtype != DT_F32) p_old += load_param(comp, pdtype, e);
+        ADAN_ELEMENT(float, sqrtf, gi, prev, m[i], v[i], n[i], p_old);
         m[i] = mi;
         v[i] = vi;
         n[i] = ni;
@@ -255,11 +250,11 @@ int adan_fused_step_compact(int64_t n_tensors, int32_t pdtype, int32_t fmt, int3
     first_block[0] = 0;
     int64_t total = 0;
     for (int64_t k = 0; k < n_tensors; ++k) {
-        const double t = (double)(*steps[k] += 1.0f);
-        coefs[k].a1 = (float)(lr / (1.0 - pow(beta1, t)));
-        coefs[k].a2 = (float)(lr * beta2 / (1.0 - pow(beta2, t)));
-        coefs[k].c3 = (float)(1.0 / sqrt(1.0 - pow(beta3, t)));
-        coefs[k].keep_diff = t == 1.0 ? 0.0f : 1.0f;
+        const adan_coef_t d = adan_step_coef(steps[k], lr, beta1, beta2, beta3);
+        coefs[k].a1 = (float)d.a1;
+        coefs[k].a2 = (float)d.a2;
+        coefs[k].c3 = (float)d.c3;
+        coefs[k].keep_diff = (float)d.keep_diff;
         first_block[k + 1] = first_block[k] + rows[k] * ((cols[k] + BLOCK - 1) / BLOCK);
         total += rows[k] * cols[k];
     }
@@ -275,8 +270,8 @@ int adan_fused_step_compact(int64_t n_tensors, int32_t pdtype, int32_t fmt, int3
     c.omb3 = (float)(1.0 - beta3);
     c.gm = (float)grad_mul;
     c.eps = (float)eps;
-    c.pre = (float)(no_prox ? 1.0 - lr * weight_decay : 1.0);
-    c.post = (float)(no_prox ? 1.0 : 1.0 / (1.0 + lr * weight_decay));
+    c.pre = (float)adan_pre(lr, weight_decay, no_prox);
+    c.post = (float)adan_post(lr, weight_decay, no_prox);
     c.seed_lo = (uint32_t)((uint64_t)seed[0] & 0xffffffffu);
     c.seed_hi = (uint32_t)((uint64_t)seed[0] >> 32);
     const int neg_is_f32 = fmt == FMT_F32;
