@@ -98,8 +98,9 @@ static inline __attribute__((always_inline)) void block_impl(
         const float fm = ms[sidx] / 16129.0f, fv = vs[sidx] / 16129.0f, fn = ns[sidx] / 4228250625.0f;
         for (int64_t i = 0; i < len; ++i) {
             const float qm = (float)mc[i], qv = (float)vc[i], qn = (float)nc[i];
-            m[i] = mc[i] == NONFINITE_CODE ? NAN : qm * fabsf(qm) * fm;
-            v[i] = vc[i] == NONFINITE_CODE ? NAN : qv * fabsf(qv) * fv;
+            const float dm = qm * fabsf(qm) * fm, dv = qv * fabsf(qv) * fv; /* selects, not branches */
+            m[i] = qm == (float)NONFINITE_CODE ? NAN : dm;
+            v[i] = qv == (float)NONFINITE_CODE ? NAN : dv;
             const float qn2 = qn * qn;
             n[i] = qn2 * qn2 * fn;
         }
@@ -176,15 +177,15 @@ static inline __attribute__((always_inline)) void block_impl(
         vs[sidx] = amax_v;
         ns[sidx] = max_n;
         for (int64_t i = 0; i < len; ++i) {
-            /* A non-finite n cannot be coded in 8 bits: the element's m carries the mark. */
-            const int okm = FINITE(m[i]) && FINITE(n[i]), okv = FINITE(v[i]), okn = FINITE(n[i]);
-            const float mi = okm ? m[i] : 0.0f, vi = okv ? v[i] : 0.0f, ni = okn ? n[i] : 0.0f;
-            const float qm = floorf(sqrtf(fabsf(mi) * im) * 127.0f + 0.5f);
-            const float qv = floorf(sqrtf(fabsf(vi) * iv) * 127.0f + 0.5f);
-            float qn = floorf(sqrtf(sqrtf(ni * in)) * 255.0f + 0.5f);
-            qn = ni > 0.0f && qn < 1.0f ? 1.0f : qn;
-            mc[i] = okm ? (int8_t)(mi < 0.0f ? -qm : qm) : (int8_t)NONFINITE_CODE;
-            vc[i] = okv ? (int8_t)(vi < 0.0f ? -qv : qv) : (int8_t)NONFINITE_CODE;
+            /* NaN/inf never pass a "<= largest code" test: such an m or v gets the code -128
+             * (decoded as NaN), and a non-finite n marks its element's m (n's 8 bits cannot say
+             * NaN). Written as float selects, the loop stays vectorised. */
+            const float qm = floorf(sqrtf(fabsf(m[i]) * im) * 127.0f + 0.5f);
+            const float qv = floorf(sqrtf(fabsf(v[i]) * iv) * 127.0f + 0.5f);
+            float qn = floorf(sqrtf(sqrtf(n[i] * in)) * 255.0f + 0.5f);
+            mc[i] = (int8_t)(qm <= 127.0f && qn <= 255.0f ? (m[i] < 0.0f ? -qm : qm) : (float)NONFINITE_CODE);
+            vc[i] = (int8_t)(qv <= 127.0f ? (v[i] < 0.0f ? -qv : qv) : (float)NONFINITE_CODE);
+            qn = qn <= 255.0f ? (n[i] > 0.0f && qn < 1.0f ? 1.0f : qn) : 0.0f;
             nc[i] = (uint8_t)qn;
         }
     } else if (fmt == FMT_BF16) {
