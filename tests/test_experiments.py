@@ -43,7 +43,9 @@ def test_every_supervised_workload_runs_a_tiny_study_end_to_end(tmp_path, name):
     out = tmp_path / "res"
     assert main(["study", name, *SMALL, "--out", str(out), "--optimizers", "adan,adamw"]) == 0
     decisions = json.loads((out / "study" / f"{name}-tiny.json").read_text())
-    assert decisions["target"]["how"].startswith("median over seeds [100, 101, 102]")
+    assert decisions["target"]["how"].startswith("the lowest over seeds [100, 101, 102]")
+    bests = decisions["target"]["bests"]
+    assert decisions["target"]["value"] == (min(bests) if get(name).higher_is_better else max(bests))  # reached by all
     assert set(decisions["chosen"]) == {"adan", "adamw"}
     roles = {r["spec"]["role"] for r in load_runs(out)}
     assert roles == {"trial", "target", "report"}

@@ -5,8 +5,9 @@ of Shallue et al. 2018, scaled to a 2-core CPU:
 
   workloads    each fixes a model, data, batch size, step budget, >= 20 evaluations, a
                validation metric and a validation target (adan-experiments workloads)
-  target       set once per workload from tuned AdamW: the median over 3 target-setting
-               seeds of the best validation value of AdamW's best trial
+  target       set once per workload from tuned AdamW: the lowest over 3 target-setting
+               seeds of the best validation value of AdamW's best trial (a level each of
+               those runs reached)
   tuning       every optimizer gets the same number of quasi-random trials (scrambled
                Sobol, default 8) from its own declared search space, the same on every
                workload: log-uniform lr over 1.5-2 decades, weight decay, warmup fraction

@@ -5,8 +5,12 @@
    seed.
 2. **Target.** Unless the workload's definition already has one (``targets.json``),
    AdamW's best trial (by best validation value) is run on the target-setting seeds and
-   the target is the median of their best validation values (AlgoPerf's rule). It is
-   written to ``<out>/study/<workload>.json`` with how it was set.
+   the target is the *lowest* of their best validation values: a level every
+   target-setting run of tuned AdamW reached. (AlgoPerf takes the median over 20 seeds;
+   over 3 seeds and a 2000-image validation set, whose accuracy alone has a standard error
+   of 0.7 points, the median was out of reach of AdamW's own reported seeds on the first
+   workload studied: 0/5 reached it, which leaves no time to compare.) It is written to
+   ``<out>/study/<workload>.json`` with how it was set.
 3. **Selection.** Each optimizer keeps the trial that reaches the target in the fewest
    steps (ties, and trials that never reach it, ordered by best validation value); a
    choice at an edge of the search space is flagged.
@@ -18,7 +22,6 @@ at batch 128), on a budget of a fixed number of epochs.
 
 from __future__ import annotations
 
-import statistics
 from pathlib import Path
 from typing import Any, Optional
 
@@ -96,9 +99,10 @@ def _target(out: Path, w: Workload, size: str, opts: dict, trial_specs: dict, jo
     specs = [{**chosen, "seed": s, "role": "target"} for s in protocol.TARGET_SEEDS]
     execute(specs, out, jobs, desc=f"{key}: target runs (AdamW)")
     bests = [r["final"]["best_val"] for r in _records(out, specs)]
-    value = statistics.median(bests)
-    how = {"value": value, "how": f"median over seeds {list(protocol.TARGET_SEEDS)} of the best validation {w.metric} of AdamW's "
-           f"trial with the best validation value among its {len(records)} trials", "adamw_trial": chosen["trial"], "bests": bests}  # fmt: skip
+    value = min(bests) if w.higher_is_better else max(bests)  # the level every target run reached
+    how = {"value": value, "how": f"the lowest over seeds {list(protocol.TARGET_SEEDS)} of the best validation {w.metric} of "
+           f"AdamW's trial with the best validation value among its {len(records)} trials, i.e. a level each of those "
+           "runs reached", "adamw_trial": chosen["trial"], "bests": bests}  # fmt: skip
     return value, how
 
 
