@@ -2,10 +2,11 @@
 
     python scripts/publish_results.py results/study
 
-Writes ``docs/results/*.png``, ``docs/results/runs.csv``, ``docs/results/curves.csv`` and
-the block of ``docs/results.md`` between the ``<!-- report -->`` markers (the hand-written
-protocol and conclusions around it are kept). Run ``adan-experiments report --out DIR``
-first.
+Writes ``docs/results/*.png``, ``docs/results/runs.csv``, ``docs/results/curves.csv``, the
+raw run records and study decisions (``docs/results/raw/``: copy them back into a results
+directory to resume the study there), and the block of ``docs/results.md`` between the
+``<!-- report -->`` markers (the hand-written protocol and conclusions around it are kept).
+Run ``adan-experiments report --out DIR`` first.
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ def main(study: str) -> None:
     for name in ("runs.csv", "curves.csv", "wall_times.txt"):
         if (src / name).exists():
             shutil.copy(src / name, dest / name)
+    for sub in ("runs", "study"):
+        if (src / sub).is_dir():
+            shutil.copytree(src / sub, dest / "raw" / sub, dirs_exist_ok=True)
     body = report.split("\n", 3)[3] if report.startswith("# ") else report  # drop the title lines
     body = re.sub(r"\]\(([^)/]+\.png)\)", r"](results/\1)", body)
     body = body.replace("## ", "### ")

@@ -39,6 +39,13 @@ def _ci(mean: float, lo: float, hi: float, digits: int = 3) -> str:
     return "–" if mean != mean else f"{mean:+.{digits}g} [{lo:+.{digits}g}, {hi:+.{digits}g}]"
 
 
+def _ratio(r: tuple[float, float, float]) -> str:
+    mean, lo, hi = r
+    if mean != mean:
+        return "–"
+    return f"{mean:.3g} [{lo:.3g}, {hi:.3g}]" if lo == lo else f"{mean:.3g} (one seed pair: no interval)"
+
+
 def _plt():
     import matplotlib
 
@@ -157,7 +164,7 @@ def _workload_section(out: Path, d: dict[str, Any], runs: dict[str, dict], lines
             hb = {r["spec"]["seed"]: h.steps for r, h in zip(records, reaches[o])}
             ratio = stats.ratio_ci([ha.get(s) for s in seeds], [hb.get(s) for s in seeds])
             vv, tv = stats.verdict(vd[1], vd[2], higher), stats.verdict(td[1], td[2], test_higher)
-            lines.append(f"| {o} | {_ci(*vd)} | {vv} | {_ci(*td)} | {tv} | {_ci(*ratio) if ratio[0] == ratio[0] else '–'} |".replace("[+", "[").replace(", +", ", "))
+            lines.append(f"| {o} | {_ci(*vd)} | {vv} | {_ci(*td)} | {tv} | {_ratio(ratio)} |")
             claims.setdefault("quality", []).append((key, o, td, tv))
             if o == "adamw":
                 claims.setdefault("budget", []).append((key, ratio, sum(h.reached for h in reaches["adan"]), sum(h.reached for h in reaches[o]), len(seeds)))
