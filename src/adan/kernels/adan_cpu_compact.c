@@ -161,13 +161,24 @@ static inline __attribute__((always_inline)) void block_impl(
         /* The block maxima, in a loop of their own: in the update loop they would keep it
          * scalar, and fmaxf would be a libm call per element. Non-finite values are left
          * out of them (see FINITE). */
-#pragma omp simd reduction(max : amax_m, amax_v, max_n)
+        float probe = 0.0f; /* x * 0 is NaN for NaN and inf: the sum is NaN iff any value is */
+#pragma omp simd reduction(max : amax_m, amax_v, max_n) reduction(+ : probe)
         for (int64_t i = 0; i < len; ++i) {
-            const float am = FINITE(m[i]) ? fabsf(m[i]) : 0.0f, av = FINITE(v[i]) ? fabsf(v[i]) : 0.0f;
-            const float an = FINITE(n[i]) ? n[i] : 0.0f;
-            amax_m = am > amax_m ? am : amax_m;
-            amax_v = av > amax_v ? av : amax_v;
-            max_n = an > max_n ? an : max_n;
+            amax_m = fabsf(m[i]) > amax_m ? fabsf(m[i]) : amax_m;
+            amax_v = fabsf(v[i]) > amax_v ? fabsf(v[i]) : amax_v;
+            max_n = n[i] > max_n ? n[i] : max_n;
+            probe += (m[i] + v[i] + n[i]) * 0.0f;
+        }
+        const int nonfinite = probe != probe;
+        if (nonfinite) { /* rare: the maxima over the finite values only */
+            amax_m = amax_v = max_n = 0.0f;
+            for (int64_t i = 0; i < len; ++i) {
+                const float am = FINITE(m[i]) ? fabsf(m[i]) : 0.0f, av = FINITE(v[i]) ? fabsf(v[i]) : 0.0f;
+                const float an = FINITE(n[i]) ? n[i] : 0.0f;
+                amax_m = am > amax_m ? am : amax_m;
+                amax_v = av > amax_v ? av : amax_v;
+                max_n = an > max_n ? an : max_n;
+            }
         }
         int8_t *mc = (int8_t *)mq + base, *vc = (int8_t *)vq + base;
         uint8_t *nc = (uint8_t *)nq + base;
@@ -176,17 +187,28 @@ static inline __attribute__((always_inline)) void block_impl(
         ms[sidx] = amax_m;
         vs[sidx] = amax_v;
         ns[sidx] = max_n;
-        for (int64_t i = 0; i < len; ++i) {
-            /* NaN/inf never pass a "<= largest code" test: such an m or v gets the code -128
-             * (decoded as NaN), and a non-finite n marks its element's m (n's 8 bits cannot say
-             * NaN). Written as float selects, the loop stays vectorised. */
-            const float qm = floorf(sqrtf(fabsf(m[i]) * im) * 127.0f + 0.5f);
-            const float qv = floorf(sqrtf(fabsf(v[i]) * iv) * 127.0f + 0.5f);
-            float qn = floorf(sqrtf(sqrtf(n[i] * in)) * 255.0f + 0.5f);
-            mc[i] = (int8_t)(qm <= 127.0f && qn <= 255.0f ? (m[i] < 0.0f ? -qm : qm) : (float)NONFINITE_CODE);
-            vc[i] = (int8_t)(qv <= 127.0f ? (v[i] < 0.0f ? -qv : qv) : (float)NONFINITE_CODE);
-            qn = qn <= 255.0f ? (n[i] > 0.0f && qn < 1.0f ? 1.0f : qn) : 0.0f;
-            nc[i] = (uint8_t)qn;
+        if (!nonfinite) { /* the usual block: the plain loop (the marking one is slower) */
+            for (int64_t i = 0; i < len; ++i) {
+                const float qm = floorf(sqrtf(fabsf(m[i]) * im) * 127.0f + 0.5f);
+                const float qv = floorf(sqrtf(fabsf(v[i]) * iv) * 127.0f + 0.5f);
+                float qn = floorf(sqrtf(sqrtf(n[i] * in)) * 255.0f + 0.5f);
+                qn = n[i] > 0.0f && qn < 1.0f ? 1.0f : qn;
+                mc[i] = (int8_t)(m[i] < 0.0f ? -qm : qm);
+                vc[i] = (int8_t)(v[i] < 0.0f ? -qv : qv);
+                nc[i] = (uint8_t)qn;
+            }
+        } else {
+            for (int64_t i = 0; i < len; ++i) {
+                /* NaN/inf never pass a "<= largest code" test: such an m or v gets the code -128
+                 * (decoded as NaN), and a non-finite n marks its element's m (n's 8 bits cannot
+                 * say NaN). Written as float selects, the loop stays vectorised. */
+                const float qm = floorf(sqrtf(fabsf(m[i]) * im) * 127.0f + 0.5f);
+                const float qv = floorf(sqrtf(fabsf(v[i]) * iv) * 127.0f + 0.5f);
+                float qn = floorf(sqrtf(sqrtf(n[i] * in)) * 255.0f + 0.5f);
+                mc[i] = (int8_t)(qm <= 127.0f && qn <= 255.0f ? (m[i] < 0.0f ? -qm : qm) : (float)NONFINITE_CODE);
+                vc[i] = (int8_t)(qv <= 127.0f ? (v[i] < 0.0f ? -qv : qv) : (float)NONFINITE_CODE);
+                nc[i] = (uint8_t)(qn <= 255.0f ? (n[i] > 0.0f && qn < 1.0f ? 1.0f : qn) : 0.0f);
+            }
         }
     } else if (fmt == FMT_BF16) {
         uint16_t *mb = (uint16_t *)mq + base, *vb = (uint16_t *)vq + base, *nb16 = (uint16_t *)nq + base;
