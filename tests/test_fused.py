@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import adan
-from adan import Adan, _compact
+from adan import Adan
 from adan._fused import fused_available
 from conftest import assert_rel_close
 from optim_info import OPTIMIZER_INPUTS, PATHS
