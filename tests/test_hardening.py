@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from adan import Adan, adan
-from adan import _compact, _native
+from adan import _compact, _formats, _native
 from adan._fused import fused_available
 from optim_info import PATHS
 
@@ -281,7 +281,7 @@ def test_int8_nonfinite_gradient_stays_in_its_element(path, bad):
     torch.testing.assert_close(w_bad[mask], w_ok[mask], rtol=1e-3, atol=1e-4)
     for key in ("exp_avg_scale", "exp_avg_diff_scale", "exp_avg_sq_scale"):
         assert torch.isfinite(s_bad[key]).all(), key
-    m = _compact.decode(s_bad, "exp_avg")
+    m = _formats.format_of(s_bad["exp_avg"]).decode(s_bad, "exp_avg")
     assert torch.isnan(m[0, 5]) and torch.isfinite(m[mask]).all()
 
 

@@ -13,13 +13,13 @@ from typing import Any, Callable
 
 import torch
 
-from adan import _compact
+from adan import _compact, _formats
 from adan._checks import check_foreign_options
 
 __all__ = ["from_reference_format", "to_reference_format", "validate", "PATH_OPTIONS"]
 
-MOMENTS = ("exp_avg", "exp_avg_diff", "exp_avg_sq")
-STATE_KEYS = {"step", *MOMENTS, "neg_pre_grad", _compact.COMP_KEY, *_compact.SCALE_KEYS.values()}
+MOMENTS = _formats.MOMENTS
+STATE_KEYS = {"step", *MOMENTS, "neg_pre_grad", _compact.COMP_KEY, *_formats.SCALE_KEYS}
 # Which code path runs is the optimizer's own choice, never the checkpoint's (a fused=True
 # optimizer must stay fused for GradScaler); so are the storage choices.
 PATH_OPTIONS = ("foreach", "fused", "capturable", "state_dtype", "param_update")
@@ -110,26 +110,31 @@ def _validate_param_state(p_state: Any, p: torch.Tensor, where: str) -> None:
         step = float(step.detach().cpu().reshape(()))  # loading, not step(): reading it is fine
     if not isinstance(step, (int, float)) or not (0 <= step < math.inf) or step != int(step):
         _fail(f"{where}: 'step' must be a whole number >= 0, got {p_state['step']!r}")
-    for key in (*MOMENTS, "neg_pre_grad", _compact.COMP_KEY, *_compact.SCALE_KEYS.values()):
+    for key in (*MOMENTS, "neg_pre_grad", _compact.COMP_KEY, *_formats.SCALE_KEYS):
         if key in p_state and not torch.is_tensor(p_state[key]):
             _fail(f"{where}: {key!r} is a {type(p_state[key]).__name__}, not a tensor")
     codes = {k: p_state[k].dtype for k in MOMENTS}
-    if set(codes.values()) & {torch.int8, torch.uint8}:
-        want = {"exp_avg": torch.int8, "exp_avg_diff": torch.int8, "exp_avg_sq": torch.uint8}
+    # A format with scales stores codes: its dtypes are exact. Floating-point moments of any
+    # width are converted on load.
+    coded = [f for f in _formats.FORMATS.values() if f.scale_keys and set(codes.values()) & set(f.moment_dtypes(p).values())]
+    if coded:
+        fmt = coded[0]
+        want = fmt.moment_dtypes(p)
         if codes != want:
-            _fail(f"{where}: int8 state must have int8 exp_avg/exp_avg_diff and uint8 exp_avg_sq, got {codes}")
-        missing = [k for k in _compact.SCALE_KEYS.values() if k not in p_state]
+            _fail(f"{where}: {fmt.name} state must have moments of dtypes {want}, got {codes}")
+        missing = [k for k in fmt.scale_keys.values() if k not in p_state]
         if missing:
-            _fail(f"{where}: int8 state without {missing}")
+            _fail(f"{where}: {fmt.name} state without {missing}")
     else:
         bad = {k: str(d) for k, d in codes.items() if d not in _FLOATS}
         if bad:
-            _fail(f"{where}: moments must be floating point (or int8 codes), got {bad}")
-    for key in ("neg_pre_grad", _compact.COMP_KEY, *_compact.SCALE_KEYS.values()):
+            _fail(f"{where}: moments must be floating point (or a compact format's codes), got {bad}")
+    for key in ("neg_pre_grad", _compact.COMP_KEY, *_formats.SCALE_KEYS):
         if key in p_state and p_state[key].dtype not in _FLOATS:
             _fail(f"{where}: {key!r} must be floating point, got {p_state[key].dtype}")
     expected = {key: tuple(p.shape) for key in (*MOMENTS, "neg_pre_grad", _compact.COMP_KEY)}
-    expected.update({key: _compact.scale_shape(p.shape) for key in _compact.SCALE_KEYS.values()})
+    for fmt in _formats.FORMATS.values():  # the scales' shapes
+        expected.update({key: shape for key, (_, shape) in fmt.expected(p).items() if key not in MOMENTS})
     for key, shape in expected.items():
         value = p_state.get(key)
         if torch.is_tensor(value) and tuple(value.shape) != tuple(shape):
@@ -174,9 +179,10 @@ def to_reference_format(state_dict: dict[str, Any]) -> dict[str, Any]:
                 continue
             if "param_comp" in s:
                 raise ValueError(f"to_reference_format: parameter {pid} keeps a Kahan param_comp, which the reference format cannot hold")
-            if s["exp_avg"].dtype in (torch.int8, torch.uint8):
+            fmt = _formats.format_of(s["exp_avg"])
+            if fmt.scale_keys:
                 raise ValueError(
-                    f"to_reference_format: parameter {pid} has int8 state, which the reference format cannot express; "
+                    f"to_reference_format: parameter {pid} has {fmt.name} state, which the reference format cannot express; "
                     "load the checkpoint into Adan(state_dtype='float32') first, and export that"
                 )
             step = s["step"]

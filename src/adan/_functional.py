@@ -30,16 +30,17 @@ import torch
 from torch import Tensor
 from torch.optim.optimizer import Optimizer
 
-from adan import _compact, _fused
+from adan import _compact, _formats, _fused
 from adan._checks import check_state_shapes
 from adan._clip import _has_foreach_kernels
-from adan._compact import LOW_PRECISION, SCALE_KEYS, TensorLists
+from adan._compact import LOW_PRECISION
+from adan._formats import MOMENTS
+from adan._lists import TensorLists
 from adan._maths import bias_corrections
 
 __all__ = ["adan", "LR"]
 
 LR = Union[float, Tensor]
-_MOMENTS = ("exp_avg", "exp_avg_diff", "exp_avg_sq")
 
 
 def _grad_scale(clip_coef: Optional[Tensor], maximize: bool) -> Union[Tensor, float, None]:
@@ -230,23 +231,24 @@ def _per_tensor_compact(lists: TensorLists, param_update: str, generator, coefs:
 
 
 def _compact_slice(p, g, m, v, n, neg, comp, scales, first, coefs, scale, param_update, generator, kwargs) -> None:
-    state = {"exp_avg": m, "exp_avg_diff": v, "exp_avg_sq": n, "neg_pre_grad": neg}
+    fmt = _formats.format_of(m)
+    state = {"exp_avg": m, "exp_avg_diff": v, "exp_avg_sq": n}
     if scales is not None:
-        state.update(zip((SCALE_KEYS[k] for k in _MOMENTS), scales))
+        state.update(zip((fmt.scale_keys[k] for k in MOMENTS), scales))
     g32 = g.float() if g.dtype != torch.float32 else g
     if scale is not None:
         g32 = g32 * (scale.to(g32.device) if torch.is_tensor(scale) else scale)
-    m32, v32, n32 = (_compact.decode(state, k) for k in _MOMENTS)
-    neg32 = torch.where(first, -g32, _compact.decode(state, "neg_pre_grad"))
+    m32, v32, n32 = (fmt.decode(state, k) for k in MOMENTS)
+    neg32 = torch.where(first, -g32, fmt.decode_neg(neg))
     if p.dtype in LOW_PRECISION:
         p32 = p.float() if comp is None else p.float() + comp.float()
     else:
         p32 = p  # float32 parameters are updated in place
     _adan_lists([p32], [g32], [m32], [v32], [n32], [neg32], coefs, scale=None, **kwargs)
-    if m.dtype == torch.int8:
-        m32 = _compact.mark_nonfinite(m32, n32)
-    for key, value in zip((*_MOMENTS, "neg_pre_grad"), (m32, v32, n32, neg32)):
-        _compact.encode_into(state, key, value, generator=generator)
+    m32 = fmt.mark_nonfinite(m32, n32)
+    for key, value in zip(MOMENTS, (m32, v32, n32)):
+        fmt.encode(state, key, value, generator=generator)
+    fmt.encode_neg(neg, neg32, generator)
     if p32 is not p:
         _compact.write_param(p, p32, param_update, comp, generator)
 

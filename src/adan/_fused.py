@@ -26,16 +26,17 @@ import torch
 from torch import Tensor
 
 from adan._checks import ValidatedLayouts, check_state_shapes
-from adan._compact import TensorLists, block_layout, full_dtype, scale_shape
+from adan._codes import ParamUpdate, dtype_code
+from adan._compact import block_layout, full_dtype, scale_shape
+from adan._formats import format_of
+from adan._lists import TensorLists
 from adan._native import BuildError, load_library
 
 __all__ = ["fused_available", "state_dtype_for"]
 
 _KERNEL_SOURCE = Path(__file__).parent / "kernels" / "adan_cpu.c"
 _COMPACT_SOURCE = Path(__file__).parent / "kernels" / "adan_cpu_compact.c"
-_FORMAT_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.int8: 2}  # by exp_avg's dtype
-_PARAM_UPDATE_CODES = {"nearest": 0, "stochastic": 1, "kahan": 2}
-_DTYPE_CODES = {torch.float32: 0, torch.float64: 1, torch.bfloat16: 2, torch.float16: 3}
+_FUSED_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 _LOW_PRECISION = (torch.bfloat16, torch.float16)
 _cpu_lib: Optional[ctypes.CDLL] = None
 _cpu_error: Optional[str] = None
@@ -209,7 +210,7 @@ def _launch_cpu(
     if lib is None:
         raise RuntimeError(f"fused=True: {unavailable_reason(torch.device('cpu'))}")
     dtype = params[0].dtype
-    if dtype not in _DTYPE_CODES:
+    if dtype not in _FUSED_DTYPES:
         raise TypeError(f"fused Adan supports float32, float64, bfloat16 and float16 parameters, not {dtype}")
     sdtype = state_dtype_for(dtype)
     _flat_grads(params, grads, dtype)
@@ -230,7 +231,7 @@ def _launch_cpu(
     )
     scalars = scalars.contiguous()
     rc = lib.adan_fused_step(
-        len(params), _DTYPE_CODES[dtype], numels.buffer_info()[0], *slots, scalars.data_ptr(),
+        len(params), dtype_code(dtype), numels.buffer_info()[0], *slots, scalars.data_ptr(),
         beta1, beta2, beta3, eps, weight_decay, int(no_prox), torch.get_num_threads(),
     )  # fmt: skip
     if rc != 0:
@@ -264,13 +265,13 @@ def _launch_cpu_compact(
     dtype = params[0].dtype
     if dtype not in (torch.float32, torch.bfloat16, torch.float16):
         raise TypeError(f"fused Adan's compact formats support float32, bfloat16 and float16 parameters, not {dtype}")
-    fmt = _FORMAT_CODES[exp_avgs[0].dtype]
+    fmt = format_of(exp_avgs[0])
     _flat_grads(params, grads, dtype)
     layouts = [block_layout(p.shape) for p in params]
     rows = array("q", [r for r, _ in layouts])
     cols = array("q", [c for _, c in layouts])
     slots = [params, grads, exp_avgs, exp_avg_diffs, exp_avg_sqs, neg_pre_grads]
-    if fmt == 2:
+    if fmt.scale_keys:
         slots += [[s[j] for s in state_scales] for j in range(3)]
     comps = param_comps if param_update == "kahan" and dtype != torch.float32 else None
     if comps is not None:
@@ -286,7 +287,7 @@ def _launch_cpu_compact(
     )
     at = iter(addresses)
     p_, g_, m_, v_, n_, neg_ = (next(at) for _ in range(6))
-    ms_, vs_, ns_ = (next(at) for _ in range(3)) if fmt == 2 else (None, None, None)
+    ms_, vs_, ns_ = (next(at) for _ in range(3)) if fmt.scale_keys else (None, None, None)
     comps_ = next(at) if comps is not None else None
     steps_ = next(at)
     if generator is not None and generator.device.type != "cpu":
@@ -294,7 +295,7 @@ def _launch_cpu_compact(
     seed = torch.randint(-(2**63), 2**63 - 1, (1,), dtype=torch.int64, generator=generator)
     scalars = scalars.contiguous()
     rc = lib.compact(
-        len(params), _DTYPE_CODES[dtype], fmt, _PARAM_UPDATE_CODES[param_update], rows.buffer_info()[0], cols.buffer_info()[0],
+        len(params), dtype_code(dtype), fmt.code, ParamUpdate[param_update.upper()], rows.buffer_info()[0], cols.buffer_info()[0],
         p_, g_, m_, v_, n_, neg_, ms_, vs_, ns_, comps_, steps_, scalars.data_ptr(), seed.data_ptr(),
         beta1, beta2, beta3, eps, weight_decay, int(no_prox), torch.get_num_threads(),
     )  # fmt: skip

@@ -25,6 +25,8 @@ import tempfile
 import threading
 from pathlib import Path
 
+from adan._codes import c_defines
+
 __all__ = ["BuildError", "load_library", "cache_dir"]
 
 _FLAG_SETS = (  # tried in order: the first that compiles wins
@@ -120,15 +122,16 @@ def load_library(source: Path, include_dirs: tuple[Path, ...] = (KERNEL_DIR,)) -
         cc = _compiler()
         headers = sorted(h for d in include_dirs for h in Path(d).glob("*.h"))
         text = source.read_bytes() + b"".join(h.read_bytes() for h in headers)
+        defines = [f"-D{d}" for d in c_defines()]  # the kernels' integer codes, from one Python enum
         includes = [f"-I{d}" for d in include_dirs]
         ident = "|".join([_compiler_id(cc), platform.machine(), platform.system(), sys.version.split()[0]])
         errors = []
         for flags in _FLAG_SETS:
             cpu = _cpu_id(cc) if "-march=native" in flags else ""
-            digest = hashlib.sha256(text + repr((flags, _COMMON, ident, cpu)).encode()).hexdigest()[:16]
+            digest = hashlib.sha256(text + repr((flags, _COMMON, defines, ident, cpu)).encode()).hexdigest()[:16]
             target = cache_dir() / f"{source.stem}-{digest}.so"
             if not _verified(target):  # absent, truncated or corrupted: (re)build it
-                err = _compile(cc, source, target, [*flags, *includes])
+                err = _compile(cc, source, target, [*flags, *includes, *defines])
                 if err:
                     errors.append(f"{' '.join(flags)}: {err}")
                     continue

@@ -16,16 +16,15 @@ import torch
 from torch import Tensor
 from torch.optim.optimizer import Optimizer
 
-from adan import _checkpoint, _compact, _fused
+from adan import _checkpoint, _formats, _fused
 from adan._checks import StateShapeError, check_foreign_options, check_no_duplicates
 from adan._clip import DTensor, global_clip_coefficient, shard_group
-from adan._compact import COMP_KEY, LOW_PRECISION, SCALE_KEYS
+from adan._compact import COMP_KEY, LOW_PRECISION
 from adan._functional import LR, _grad_scale, _resolve_path, adan
 
 __all__ = ["Adan", "adan", "global_clip_coefficient"]
 
 Betas = tuple[float, float, float]
-_MOMENTS = ("exp_avg", "exp_avg_diff", "exp_avg_sq")
 
 
 def _check_hparams(lr: Any, betas: Any, eps: Any, weight_decay: Any, max_grad_norm: Any) -> None:
@@ -126,7 +125,7 @@ class Adan(Optimizer):
         param_update: str = "nearest",
     ):
         _check_hparams(lr, betas, eps, weight_decay, max_grad_norm)
-        _compact.check_options(state_dtype, param_update)
+        _formats.check_options(state_dtype, param_update)
         # Not a hyper-parameter: a process group is neither saved nor compared.
         self.grad_norm_group = grad_norm_group
         if fused and foreach:
@@ -168,7 +167,7 @@ class Adan(Optimizer):
         tensors = [x[1] if isinstance(x, tuple) else x for x in ([params] if isinstance(params, Tensor) else param_group["params"])]
         check_no_duplicates([t for t in tensors if torch.is_tensor(t)], where)
         _check_hparams(merged["lr"], merged["betas"], merged["eps"], merged["weight_decay"], merged["max_grad_norm"])
-        _compact.check_options(merged["state_dtype"], merged["param_update"])
+        _formats.check_options(merged["state_dtype"], merged["param_update"])
         if merged["param_update"] == "stochastic" and any(torch.is_tensor(t) and t.dtype == torch.float16 for t in tensors):
             raise ValueError(
                 "Invalid param_update='stochastic' for float16 parameters: stochastic rounding is implemented for "
@@ -233,7 +232,7 @@ class Adan(Optimizer):
 
     def _new_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
         state = {"step": torch.zeros((), dtype=_step_dtype(group), device=_step_device(p, group))}
-        state.update(_compact.new_buffers(p, _compact.format_for(p, group["state_dtype"])))
+        state.update(_formats.format_for(p, group["state_dtype"]).new_buffers(p))
         if _needs_comp(p, group):
             state[COMP_KEY] = torch.zeros_like(p, memory_format=torch.preserve_format)
         return state
@@ -259,7 +258,7 @@ class Adan(Optimizer):
                 if negs[i] is None:
                     if "exp_avg" not in state:
                         state.update(self._new_state(p, group))
-                    negs[i] = state["neg_pre_grad"] = _zeros_state(p, _compact.state_format(state["exp_avg"]))
+                    negs[i] = state["neg_pre_grad"] = _formats.format_of(state["exp_avg"]).new_neg(p)
                     fresh.append(i)
         lists = {
             "params": params,
@@ -270,8 +269,9 @@ class Adan(Optimizer):
             "neg_pre_grads": negs,
             "state_steps": [s["step"] for s in states],
         }
-        if group["state_dtype"] == "int8":
-            lists["state_scales"] = [tuple(s[SCALE_KEYS[k]] for k in _MOMENTS) if SCALE_KEYS["exp_avg"] in s else None for s in states]
+        fmt = _formats.get(group["state_dtype"])
+        if fmt.scale_keys:  # None for a parameter that keeps float32 state (too small, say)
+            lists["state_scales"] = [fmt.scales(s) for s in states]
         if group["param_update"] == "kahan":  # a state made under another param_update gets its buffer now
             lists["param_comps"] = [
                 s.get(COMP_KEY) if COMP_KEY in s or p.dtype not in LOW_PRECISION
@@ -314,9 +314,8 @@ class Adan(Optimizer):
                     state.update(self._new_state(p, group))
                     continue
                 state["step"].zero_()
-                for key in ("exp_avg", "exp_avg_sq", "exp_avg_diff", *SCALE_KEYS.values()):
-                    if key in state:
-                        state[key].zero_()
+                for key in _formats.format_of(state["exp_avg"]).expected(p):
+                    state[key].zero_()
                 state.pop("neg_pre_grad", None)
 
     # ------------------------------------------------------------------- step
@@ -449,8 +448,8 @@ class Adan(Optimizer):
             if torch.is_tensor(saved.get("exp_avg")):
                 for key in [k for k in state if k != "step"]:
                     del state[key]
-                fmt = _compact.format_for(p, group["state_dtype"])
-                state.update(_compact.conform_state(p, saved, fmt, _needs_comp(p, group)))
+                fmt = _formats.format_for(p, group["state_dtype"])
+                state.update(_formats.conform_state(p, saved, fmt, _needs_comp(p, group)))
             if "step" in state:
                 # a copy: torch hands over the checkpoint's own step tensor, which step() would then advance
                 state["step"] = torch.as_tensor(state["step"]).reshape(()).to(
@@ -497,11 +496,6 @@ def _step_device(p: Tensor, group: dict[str, Any]) -> torch.device:
     """The fused CUDA kernel and capturable mode read the step count on the device."""
     on_device = group["capturable"] or (group["fused"] is not False and p.device.type == "cuda")
     return p.device if on_device else torch.device("cpu")
-
-
-def _zeros_state(p: Tensor, fmt: str = "float32") -> Tensor:
-    """A zero previous-gradient buffer (or full-precision moment) for ``p`` in format ``fmt``."""
-    return torch.zeros_like(p, dtype=_compact.neg_dtype(p, fmt), memory_format=torch.preserve_format)
 
 
 def _needs_comp(p: Tensor, group: dict[str, Any]) -> bool:

@@ -32,8 +32,6 @@
 #include "adan_math.h"
 #include "parallel_slices.h"
 
-enum { DT_F32 = 0, DT_F64 = 1, DT_BF16 = 2, DT_F16 = 3 };
-
 typedef adan_coef_t coef_t;
 
 #define ADAN_LOOP(T, SQRT, PT, LOAD, STORE)                                                   \
@@ -84,7 +82,7 @@ int adan_fused_step(int64_t n_tensors, int32_t dtype, const int64_t *numels, voi
                     void *const *exp_avg_sqs, void *const *neg_pre_grads, float *const *steps,
                     const double *scalars, double beta1, double beta2, double beta3, double eps,
                     double weight_decay, int32_t no_prox, int32_t n_threads) {
-    if (dtype < DT_F32 || dtype > DT_F16) return 1;
+    if (dtype != DT_F32 && dtype != DT_F64 && dtype != DT_BF16 && dtype != DT_F16) return 1;
     const double lr = scalars[0], grad_mul = scalars[1], found_inf = scalars[2];
     if (found_inf != 0.0 || n_tensors == 0) return 0;
 

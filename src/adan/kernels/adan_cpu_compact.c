@@ -32,13 +32,10 @@
 #include "adan_math.h"
 #include "parallel_slices.h"
 
-#define BLOCK 256
-#define NONFINITE_CODE (-128) /* m, v codes run over [-127, 127]; -128 marks NaN/inf */
+#define BLOCK ADAN_BLOCK /* values per int8 scale, from adan/_codes.py */
+#define NONFINITE_CODE ADAN_NONFINITE_CODE /* m, v codes run over [-127, 127]; this one marks NaN/inf */
 #define FINITE(x) (fabsf(x) <= 3.402823466e38f) /* false for NaN and +-inf, branch-free */
 
-enum { DT_F32 = 0, DT_BF16 = 2, DT_F16 = 3 };
-enum { FMT_F32 = 0, FMT_BF16 = 1, FMT_INT8 = 2 };
-enum { PU_NEAREST = 0, PU_STOCHASTIC = 1, PU_KAHAN = 2 };
 
 static inline uint32_t mix32(uint32_t x) { /* a 32-bit integer hash (lowbias32) */
     x ^= x >> 16;

@@ -15,6 +15,15 @@
 #define ADAN_MATH_H
 #include <math.h>
 
+/* The integer codes of dtypes, state formats and parameter updates come from one Python
+ * enum (src/adan/_codes.py), passed as -D macros by the build (src/adan/_native.py). */
+#ifndef ADAN_DT_F32
+#error "compile through adan._native.load_library, which defines the codes of adan/_codes.py"
+#endif
+enum { DT_F32 = ADAN_DT_F32, DT_F64 = ADAN_DT_F64, DT_BF16 = ADAN_DT_BF16, DT_F16 = ADAN_DT_F16 };
+enum { FMT_F32 = ADAN_FMT_F32, FMT_BF16 = ADAN_FMT_BF16, FMT_INT8 = ADAN_FMT_INT8 };
+enum { PU_NEAREST = ADAN_PU_NEAREST, PU_STOCHASTIC = ADAN_PU_STOCHASTIC, PU_KAHAN = ADAN_PU_KAHAN };
+
 typedef struct {
     double a1, a2, c3, keep_diff;
 } adan_coef_t;

@@ -20,7 +20,9 @@ import triton.language as tl
 from torch import Tensor
 
 from adan._checks import check_state_shapes
-from adan._compact import BLOCK, block_layout, scale_shape
+from adan._codes import BLOCK, ParamUpdate
+from adan._compact import block_layout, scale_shape
+from adan._formats import format_of
 from adan.kernels.adan_triton import _bits, _f64, step_coefficients
 
 
@@ -140,10 +142,6 @@ def _adan_compact_kernel(
             tl.store(n_ptr + offs, cn.to(tl.uint8), mask=mask)
 
 
-_FORMATS = {torch.float32: 0, torch.bfloat16: 1, torch.int8: 2}
-_PARAM_UPDATES = {"nearest": 0, "stochastic": 1, "kahan": 2}
-
-
 def launch_triton_compact(
     params: list[Tensor],
     grads: list[Tensor],
@@ -187,12 +185,12 @@ def launch_triton_compact(
         if rows * n_blocks == 0:
             continue
         g = grads[k] if grads[k].is_contiguous() else grads[k].contiguous()
-        fmt = _FORMATS[exp_avgs[k].dtype]
-        ms, vs, ns = state_scales[k] if fmt == 2 else (scalars, scalars, scalars)  # unused placeholders
+        fmt = format_of(exp_avgs[k])
+        ms, vs, ns = state_scales[k] if fmt.scale_keys else (scalars, scalars, scalars)  # unused placeholders
         comp = param_comps[k] if param_comps is not None and param_comps[k] is not None else p
         low = p.dtype in (torch.bfloat16, torch.float16)
         _adan_compact_kernel[(rows * n_blocks,)](
             p, g, exp_avgs[k], exp_avg_diffs[k], exp_avg_sqs[k], neg_pre_grads[k], ms, vs, ns, comp, coefs[k], scalars,
             seed, cols, n_blocks, *hp,
-            FMT=fmt, PU=_PARAM_UPDATES[param_update], LOW_PRECISION=low, NO_PROX=bool(no_prox), BLOCK=BLOCK,
+            FMT=int(fmt.code), PU=int(ParamUpdate[param_update.upper()]), LOW_PRECISION=low, NO_PROX=bool(no_prox), BLOCK=BLOCK,
         )  # fmt: skip
