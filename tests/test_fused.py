@@ -191,8 +191,11 @@ def test_kernel_cache_is_reused(tmp_path):
 def test_triton_kernel_under_the_interpreter_matches_the_cpu_kernel():
     code = """
         import torch
-        from adan.kernels.adan_triton import launch_triton
-        from adan._fused import _launch_cpu, scalars_of
+        from adan._fused import scalars_of
+        from adan._lists import TensorLists
+        from adan._maths import HParams
+        from adan.kernels import cpu
+        from adan.kernels.adan_triton import launch_full
         worst = {}
         for dt in (torch.float32, torch.float64, torch.bfloat16):
             sd = torch.float32 if dt == torch.bfloat16 else dt
@@ -207,8 +210,9 @@ def test_triton_kernel_under_the_interpreter_matches_the_cpu_kernel():
                 grads = [torch.randn(s, generator=g0).to(dt) for s in shapes]
                 found = torch.tensor(1.0 if step == 2 else 0.0)
                 sc = scalars_of(torch.tensor(1e-2), torch.tensor(0.7), step == 3, torch.tensor(2.0), found, torch.device("cpu"))
-                launch_triton(pa, grads, *sa, ta, sc, 0.98, 0.92, 0.99, 1e-8, 0.02, step == 1)
-                _launch_cpu(pb, list(grads), *sb, tb, sc, 0.98, 0.92, 0.99, 1e-8, 0.02, step == 1)
+                hp = HParams(0.98, 0.92, 0.99, 1e-8, 0.02, step == 1)
+                launch_full(TensorLists(pa, grads, *sa, ta), sc, hp)
+                cpu.launch_full(TensorLists(pb, list(grads), *sb, tb), sc, hp)
             err = max(((a.double() - b.double()).abs().max() / b.double().abs().max()).item() for a, b in zip(pa, pb) if a.numel())
             worst[str(dt)] = err
             assert [t.item() for t in ta] == [t.item() for t in tb] == [3.0] * len(shapes)
@@ -233,8 +237,10 @@ def test_triton_compact_kernel_under_the_interpreter_matches_the_cpu_compact_ker
     because the interpreter rounds to bfloat16 by truncation where CUDA rounds to nearest."""
     code = """
         import torch
-        from adan import Adan, _compact as C, _fused
-        from adan.kernels.adan_triton_compact import launch_triton_compact
+        from adan import Adan, _formats as F, _fused
+        from adan._lists import TensorLists
+        from adan._maths import HParams
+        from adan.kernels.adan_triton_compact import launch_compact
         res = {}
         for fmt, pdt, pu in [("int8", torch.float32, "nearest"), ("bfloat16", torch.float32, "nearest"),
                              ("int8", torch.bfloat16, "kahan"), ("int8", torch.float16, "kahan"),
@@ -255,16 +261,16 @@ def test_triton_compact_kernel_under_the_interpreter_matches_the_cpu_compact_ker
                 oa.step()
                 lists = ob._gather_group(ob.param_groups[0])
                 sc = _fused.scalars_of(1e-2, None, False, torch.tensor(1.0), found, torch.device("cpu"))
-                idx = [i for i, (p, m) in enumerate(zip(lists["params"], lists["exp_avgs"])) if C.is_compact(p, m, pu)]
+                idx = [i for i, (p, m) in enumerate(zip(lists["params"], lists["exp_avgs"])) if F.is_compact(p, m, pu)]
                 pick = lambda key: [lists[key][i] for i in idx] if lists.get(key) is not None else None
-                launch_triton_compact(*(pick(k) for k in ("params", "grads", "exp_avgs", "exp_avg_diffs", "exp_avg_sqs",
-                                      "neg_pre_grads", "state_steps", "state_scales", "param_comps")),
-                                      pu, sc, 0.98, 0.92, 0.99, 1e-8, 0.02, False)
-            big = [i for i, p in enumerate(pa) if C.is_compact(p, oa.state[p]["exp_avg"], pu)]
+                keys = ("params", "grads", "exp_avgs", "exp_avg_diffs", "exp_avg_sqs", "neg_pre_grads", "state_steps",
+                        "state_scales", "param_comps")
+                launch_compact(TensorLists(*(pick(k) for k in keys)), pu, sc, HParams(0.98, 0.92, 0.99, 1e-8, 0.02, False))
+            big = [i for i, p in enumerate(pa) if F.is_compact(p, oa.state[p]["exp_avg"], pu)]
             val = lambda ps, o, i: ps[i].float() + (o.state[ps[i]]["param_comp"].float() if pu == "kahan" else 0)
             err = max(((val(pa, oa, i) - val(pb, ob, i)).norm() / val(pa, oa, i).norm()).item() for i in big)
-            merr = max(((C.decode(oa.state[pa[i]], "exp_avg") - C.decode(ob.state[pb[i]], "exp_avg")).norm()
-                        / C.decode(oa.state[pa[i]], "exp_avg").norm()).item() for i in big)
+            dec = lambda o, q: F.format_of(o.state[q]["exp_avg"]).decode(o.state[q], "exp_avg")
+            merr = max(((dec(oa, pa[i]) - dec(ob, pb[i])).norm() / dec(oa, pa[i]).norm()).item() for i in big)
             steps = [ob.state[pb[i]]["step"].item() for i in big]
             res[f"{fmt}/{pdt}/{pu}"] = (err, merr, steps)
         print(res)

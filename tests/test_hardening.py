@@ -79,18 +79,20 @@ def test_functional_and_triton_launcher_check_shapes():
         adan([p], [g], *[[b] for b in bufs], [torch.zeros(())], beta1=0.98, beta2=0.92, beta3=0.99, lr=1e-3,
              weight_decay=0.0, eps=1e-8, no_prox=False, fused=CPU_FUSED or None)  # fmt: skip
     pytest.importorskip("triton")
-    from adan.kernels.adan_triton import launch_triton
-    from adan.kernels.adan_triton_compact import launch_triton_compact
+    from adan._lists import TensorLists
+    from adan._maths import HParams
+    from adan.kernels.adan_triton import launch_full
+    from adan.kernels.adan_triton_compact import launch_compact
 
+    hp, scalars = HParams(0.98, 0.92, 0.99, 1e-8, 0.0, False), torch.zeros(3, dtype=torch.float64)
     with pytest.raises(ValueError, match=r"'neg_pre_grad' has shape \(5,\)"):
-        launch_triton([p], [g], *[[b] for b in bufs], [torch.zeros(())], torch.zeros(3, dtype=torch.float64),
-                      0.98, 0.92, 0.99, 1e-8, 0.0, False)  # fmt: skip
+        launch_full(TensorLists([p], [g], *[[b] for b in bufs], [torch.zeros(())]), scalars, hp)
     big = torch.zeros(64, 128)
     scales = (torch.zeros(64, 1), torch.zeros(64, 1), torch.zeros(32, 1))
+    lists = TensorLists([big], [big], [big.to(torch.int8)], [big.to(torch.int8)], [big.to(torch.uint8)], [big.bfloat16()],
+                        [torch.zeros(())], [scales], None)  # fmt: skip
     with pytest.raises(ValueError, match=r"'exp_avg_sq_scale' has shape \(32, 1\)"):
-        launch_triton_compact([big], [big], [big.to(torch.int8)], [big.to(torch.int8)], [big.to(torch.uint8)],
-                              [big.bfloat16()], [torch.zeros(())], [scales], None, "nearest",
-                              torch.zeros(3, dtype=torch.float64), 0.98, 0.92, 0.99, 1e-8, 0.0, False)  # fmt: skip
+        launch_compact(lists, "nearest", scalars, hp)
 
 
 # ------------------------------------------------------ 2, 3. the kernel cache

@@ -119,8 +119,8 @@ class Float32(StateFormat):
     def neg_dtype(self, p: Tensor) -> torch.dtype:
         return full_dtype(p.dtype)
 
-    def matches(self, exp_avg: Tensor) -> bool:
-        return exp_avg.dtype in (torch.float32, torch.float64, torch.float16)  # (float16: a foreign checkpoint's)
+    def matches(self, exp_avg: Tensor) -> bool:  # asked after the formats with a marker dtype
+        return exp_avg.is_floating_point() or exp_avg.is_complex()
 
 
 class BFloat16(StateFormat):
@@ -190,6 +190,7 @@ class Int8(StateFormat):
 
 
 FORMATS: dict[str, StateFormat] = {}
+_LOOKUP: list[StateFormat] = []  # the order format_of asks them in
 
 
 def register(fmt: StateFormat) -> StateFormat:
@@ -197,6 +198,7 @@ def register(fmt: StateFormat) -> StateFormat:
     if fmt.name in FORMATS or any(f.code == fmt.code for f in FORMATS.values()):
         raise ValueError(f"a state format named {fmt.name!r} or coded {int(fmt.code)} is already registered")
     FORMATS[fmt.name] = fmt
+    _LOOKUP[:] = sorted(FORMATS.values(), key=lambda f: f.marker is None)  # exact dtypes first
     return fmt
 
 
@@ -227,7 +229,7 @@ def format_for(p: Tensor, state_dtype: str) -> StateFormat:
 
 def format_of(exp_avg: Tensor) -> StateFormat:
     """The format a parameter's state is stored in, read from its ``exp_avg`` buffer."""
-    for fmt in FORMATS.values():
+    for fmt in _LOOKUP:
         if fmt.matches(exp_avg):
             return fmt
     raise ValueError(f"no state format stores exp_avg as {exp_avg.dtype}")

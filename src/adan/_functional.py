@@ -30,13 +30,13 @@ import torch
 from torch import Tensor
 from torch.optim.optimizer import Optimizer
 
-from adan import _compact, _formats, _fused
+from adan import _backends, _compact, _formats, _fused
 from adan._checks import check_state_shapes
 from adan._clip import _has_foreach_kernels
 from adan._compact import LOW_PRECISION
 from adan._formats import MOMENTS
 from adan._lists import TensorLists
-from adan._maths import bias_corrections
+from adan._maths import HParams, bias_corrections
 
 __all__ = ["adan", "LR"]
 
@@ -391,12 +391,12 @@ def _fused_adan(
     if not params:
         return
     scalars = _fused.scalars_of(lr, clip_coef, maximize, grad_scale, found_inf, params[0].device)
-    hparams = (beta1, beta2, beta3, eps, weight_decay, no_prox)
+    hp = HParams(beta1, beta2, beta3, eps, weight_decay, no_prox)
     lists = TensorLists(params, grads, exp_avgs, exp_avg_diffs, exp_avg_sqs, neg_pre_grads, state_steps, state_scales, param_comps)
     compact, rest = lists.split_compact(param_update)
     if compact.params:
         if _fused.compact_kernels_run(compact.params):
-            _fused.fused_compact(compact, param_update, scalars, hparams, generator=generator)
+            _fused.fused_compact(compact, param_update, scalars, hp, generator=generator)
         elif grad_scale is not None or found_inf is not None:
             raise RuntimeError(
                 "fused Adan: compact state (state_dtype != 'float32' or param_update != 'nearest') with a GradScaler "
@@ -410,7 +410,7 @@ def _fused_adan(
                 state_scales=compact.state_scales, param_comps=compact.param_comps, param_update=param_update, generator=generator,
             )  # fmt: skip
     if rest.params:
-        _fused.fused_full(*rest.dense, scalars, hparams)
+        _fused.fused_full(rest, scalars, hp)
 
 
 _PLAIN = (Tensor, torch.nn.Parameter)
@@ -428,7 +428,8 @@ def _fused_suits(params: list[Tensor]) -> bool:
     return (
         {type(p) for p in params} <= _PLAIN_SET
         and {p.dtype for p in params} <= _FUSED_DTYPES
-        and ({p.is_cpu for p in params} == {True} or {p.is_cuda for p in params} == {True})
+        and len(types := {p.device.type for p in params}) == 1
+        and types <= _backends.BACKENDS.keys()
         and all([p.is_contiguous() for p in params])
     )
 

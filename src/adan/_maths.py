@@ -1,4 +1,5 @@
-"""The per-step scalars of the update, written once for every Python-side path.
+"""The hyper-parameters of one update, and its per-step scalars, written once for every
+Python-side path.
 
 From the step count ``t`` (already incremented) and the learning rate, in float64::
 
@@ -12,12 +13,24 @@ C kernels compute the same three numbers in double from the same formulas.
 
 from __future__ import annotations
 
-from typing import Union
+from typing import NamedTuple, Union
 
 import torch
 from torch import Tensor
 
-__all__ = ["bias_corrections"]
+__all__ = ["HParams", "bias_corrections"]
+
+
+class HParams(NamedTuple):
+    """The hyper-parameters every kernel takes, frozen for one update (the learning rate
+    travels separately, in ``scalars``, because it may be a tensor)."""
+
+    beta1: float
+    beta2: float
+    beta3: float
+    eps: float
+    weight_decay: float
+    no_prox: bool
 
 
 def bias_corrections(t: Tensor, lr: Union[float, Tensor], beta1: float, beta2: float, beta3: float) -> tuple[Tensor, Tensor, Tensor]:

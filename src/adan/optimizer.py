@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 from torch.optim.optimizer import Optimizer
 
-from adan import _checkpoint, _formats, _fused
+from adan import _backends, _checkpoint, _formats, _fused
 from adan._checks import StateShapeError, check_foreign_options, check_no_duplicates
 from adan._clip import DTensor, global_clip_coefficient, shard_group
 from adan._compact import COMP_KEY, LOW_PRECISION
@@ -479,22 +479,21 @@ def _step_dtype(group: dict[str, Any]) -> torch.dtype:
     return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
 
 
-_FUSED_DEVICES = ("cpu", "cuda")
-
-
 def _check_fused_params(params: list[Tensor]) -> None:
     """torch.optim's check (and wording) for ``fused=True``, run before any state is made."""
     for p in params:
-        if p.device.type not in _FUSED_DEVICES or not (p.is_floating_point() or p.is_complex()):
+        if p.device.type not in _backends.BACKENDS or not (p.is_floating_point() or p.is_complex()):
             raise RuntimeError(
                 "`fused=True` requires all the params to be floating point Tensors of supported devices: "
-                f"{list(_FUSED_DEVICES)} (got {p.dtype} on {p.device})"
+                f"{list(_backends.BACKENDS)} (got {p.dtype} on {p.device})"
             )
 
 
 def _step_device(p: Tensor, group: dict[str, Any]) -> torch.device:
-    """The fused CUDA kernel and capturable mode read the step count on the device."""
-    on_device = group["capturable"] or (group["fused"] is not False and p.device.type == "cuda")
+    """Capturable mode, and a fused backend that reads its step counts on the device, keep
+    them there; the rest on the CPU, as torch.optim."""
+    backend = _backends.get(p.device) if group["fused"] is not False else None
+    on_device = group["capturable"] or (backend is not None and backend.steps_on_device)
     return p.device if on_device else torch.device("cpu")
 
 

@@ -2,11 +2,12 @@
 
 One program updates one block: up to ``BLOCK`` (256) consecutive columns of one row of a
 tensor viewed as ``rows x cols`` (see :mod:`adan._compact` for the layout and the code
-maps). It decodes m, v, n to float32, applies the update of ``adan_triton.py``, and
-encodes back: ``FMT`` 0 float32, 1 bfloat16 (stochastic rounding), 2 int8 (companded
-codes, one float32 scale per block, the previous gradient in bfloat16). ``PU`` chooses how
-a bfloat16/float16 parameter is written: 0 nearest, 1 stochastic rounding, 2 Kahan
-(``comp`` holds the residual). Random bits come from ``tl.randint4x`` (Philox) keyed by a
+maps). It decodes m, v, n to float32, applies the update of
+:mod:`adan.kernels.triton_common`, and encodes back, by ``FMT`` (a :class:`adan._codes.Format`):
+float32, bfloat16 (stochastic rounding) or int8 (companded codes, one float32 scale per
+block, the previous gradient in bfloat16). ``PU`` (a :class:`adan._codes.ParamUpdate`)
+chooses how a bfloat16/float16 parameter is written: nearest, stochastic rounding, or
+Kahan (``comp`` holds the residual). Random bits come from ``tl.randint4x`` (Philox) keyed by a
 seed read from device memory, so nothing syncs with the host.
 
 Runs on the CPU under Triton's interpreter (``TRITON_INTERPRET=1``) for testing.
@@ -14,24 +15,29 @@ Runs on the CPU under Triton's interpreter (``TRITON_INTERPRET=1``) for testing.
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 
-from adan._checks import check_state_shapes
-from adan._codes import BLOCK, ParamUpdate
-from adan._compact import block_layout, scale_shape
+from adan._codes import BLOCK, NONFINITE_CODE, Format, ParamUpdate
+from adan._compact import block_layout
 from adan._formats import format_of
-from adan.kernels.adan_triton import _bits, _f64, step_coefficients
+from adan._lists import TensorLists
+from adan._maths import HParams
+from adan.kernels.triton_common import adan_update, hparam_bits, prepare, step_coefficients, step_scalars, to_bf16_sr
 
+__all__ = ["launch_compact"]
 
-@triton.jit
-def _to_bf16_sr(x, r):
-    """float32 -> bfloat16 with stochastic rounding by the low 16 bits of ``r`` (uint32)."""
-    bits = x.to(tl.uint32, bitcast=True) + (r & 0xFFFF)
-    rounded = (bits >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
-    return tl.where(x != x, x.to(tl.bfloat16), rounded)
+# The codes of adan/_codes.py, as compile-time constants of the kernel.
+_F32: tl.constexpr = int(Format.F32)
+_BF16: tl.constexpr = int(Format.BF16)
+_INT8: tl.constexpr = int(Format.INT8)
+_STOCHASTIC: tl.constexpr = int(ParamUpdate.STOCHASTIC)
+_KAHAN: tl.constexpr = int(ParamUpdate.KAHAN)
+_NONFINITE: tl.constexpr = float(NONFINITE_CODE)
 
 
 @triton.jit
@@ -49,31 +55,21 @@ def _adan_compact_kernel(
         mask = col < cols
         offs = row * cols + col
 
-        lr = tl.load(scalars_ptr)
-        b1, b2, b3 = _f64(b1_bits).to(tl.float32), _f64(b2_bits).to(tl.float32), _f64(b3_bits).to(tl.float32)
-        omb1 = (1.0 - _f64(b1_bits)).to(tl.float32)
-        omb2 = (1.0 - _f64(b2_bits)).to(tl.float32)
-        omb3 = (1.0 - _f64(b3_bits)).to(tl.float32)
-        wd = _f64(wd_bits)
-        pre = ((1.0 - lr * wd) if NO_PROX else lr * 0.0 + 1.0).to(tl.float32)
-        post = (lr * 0.0 + 1.0 if NO_PROX else 1.0 / (1.0 + lr * wd)).to(tl.float32)
-        gm = tl.load(scalars_ptr + 1).to(tl.float32)
-        a1 = tl.load(coef_ptr).to(tl.float32)
-        a2 = tl.load(coef_ptr + 1).to(tl.float32)
-        c3 = tl.load(coef_ptr + 2).to(tl.float32)
-        keep = tl.load(coef_ptr + 3).to(tl.float32)
+        betas, eps, gm, a1, a2, c3, keep, pre, post = step_scalars(
+            scalars_ptr, coef_ptr, b1_bits, b2_bits, b3_bits, eps_bits, wd_bits, NO_PROX, tl.float32
+        )
         r0, r1, r2, r3 = tl.randint4x(tl.load(seed_ptr), offs)  # four uint32 streams per element
 
         # decode
-        if FMT == 2:
+        if FMT == _INT8:
             fm = tl.load(ms_ptr + pid) / 16129.0
             fv = tl.load(vs_ptr + pid) / 16129.0
             fn = tl.load(ns_ptr + pid) / 4228250625.0
             qm = tl.load(m_ptr + offs, mask=mask, other=0).to(tl.float32)
             qv = tl.load(v_ptr + offs, mask=mask, other=0).to(tl.float32)
             qn = tl.load(n_ptr + offs, mask=mask, other=0).to(tl.float32)
-            m = tl.where(qm == -128.0, float("nan"), qm * tl.abs(qm) * fm)  # -128 marks NaN/inf
-            v = tl.where(qv == -128.0, float("nan"), qv * tl.abs(qv) * fv)
+            m = tl.where(qm == _NONFINITE, float("nan"), qm * tl.abs(qm) * fm)  # marks NaN/inf
+            v = tl.where(qv == _NONFINITE, float("nan"), qv * tl.abs(qv) * fv)
             qn2 = qn * qn
             n = qn2 * qn2 * fn
         else:
@@ -81,23 +77,18 @@ def _adan_compact_kernel(
             v = tl.load(v_ptr + offs, mask=mask, other=0.0).to(tl.float32)
             n = tl.load(n_ptr + offs, mask=mask, other=0.0).to(tl.float32)
 
-        # update (the maths of adan_triton.py, in float32)
+        # update (in float32)
         g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(tl.float32) * gm
-        d = (g + tl.load(neg_ptr + offs, mask=mask, other=0.0).to(tl.float32)) * keep
-        m = b1 * m + omb1 * g
-        v = b2 * v + omb2 * d
-        u = g + b2 * d
-        n = b3 * n + omb3 * (u * u)
-        denom = tl.sqrt(n) * c3 + _f64(eps_bits).to(tl.float32)
+        prev = tl.load(neg_ptr + offs, mask=mask, other=0.0).to(tl.float32)
         p = tl.load(p_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        if LOW_PRECISION and PU == 2:
+        if LOW_PRECISION and PU == _KAHAN:
             p += tl.load(comp_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        p = (p * pre - (a1 * m + a2 * v) / denom) * post
+        m, v, n, p = adan_update(g, prev, m, v, n, p, betas, eps, a1, a2, c3, keep, pre, post)
 
         # parameter
-        if LOW_PRECISION and PU == 1:
-            tl.store(p_ptr + offs, _to_bf16_sr(p, r2), mask=mask)
-        elif LOW_PRECISION and PU == 2:
+        if LOW_PRECISION and PU == _STOCHASTIC:
+            tl.store(p_ptr + offs, to_bf16_sr(p, r2), mask=mask)
+        elif LOW_PRECISION and PU == _KAHAN:
             stored = p.to(p_ptr.dtype.element_ty)
             tl.store(p_ptr + offs, stored, mask=mask)
             tl.store(comp_ptr + offs, (p - stored.to(tl.float32)).to(comp_ptr.dtype.element_ty), mask=mask)
@@ -105,18 +96,18 @@ def _adan_compact_kernel(
             tl.store(p_ptr + offs, p.to(p_ptr.dtype.element_ty), mask=mask)
 
         # encode
-        if FMT == 0:
+        if FMT == _F32:
             tl.store(neg_ptr + offs, -g, mask=mask)
             tl.store(m_ptr + offs, m, mask=mask)
             tl.store(v_ptr + offs, v, mask=mask)
             tl.store(n_ptr + offs, n, mask=mask)
         else:
-            tl.store(neg_ptr + offs, _to_bf16_sr(-g, r3), mask=mask)
-        if FMT == 1:
-            tl.store(m_ptr + offs, _to_bf16_sr(m, r0), mask=mask)
-            tl.store(v_ptr + offs, _to_bf16_sr(v, r0 >> 16), mask=mask)
-            tl.store(n_ptr + offs, _to_bf16_sr(n, r1), mask=mask)
-        if FMT == 2:
+            tl.store(neg_ptr + offs, to_bf16_sr(-g, r3), mask=mask)
+        if FMT == _BF16:
+            tl.store(m_ptr + offs, to_bf16_sr(m, r0), mask=mask)
+            tl.store(v_ptr + offs, to_bf16_sr(v, r0 >> 16), mask=mask)
+            tl.store(n_ptr + offs, to_bf16_sr(n, r1), mask=mask)
+        if FMT == _INT8:
             # Non-finite values stay out of the scales; a non-finite n marks its element's m.
             okn = tl.abs(n) < float("inf")
             okm = (tl.abs(m) < float("inf")) & okn
@@ -137,60 +128,37 @@ def _adan_compact_kernel(
             cv = tl.floor(tl.sqrt(tl.abs(v) * iv) * 127.0 + 0.5)
             cn = tl.floor(tl.sqrt(tl.sqrt(n * inn)) * 255.0 + 0.5)
             cn = tl.where((n > 0) & (cn < 1.0), 1.0, cn)
-            tl.store(m_ptr + offs, tl.where(okm, tl.where(m < 0, -cm, cm), -128.0).to(tl.int8), mask=mask)
-            tl.store(v_ptr + offs, tl.where(okv, tl.where(v < 0, -cv, cv), -128.0).to(tl.int8), mask=mask)
+            tl.store(m_ptr + offs, tl.where(okm, tl.where(m < 0, -cm, cm), _NONFINITE).to(tl.int8), mask=mask)
+            tl.store(v_ptr + offs, tl.where(okv, tl.where(v < 0, -cv, cv), _NONFINITE).to(tl.int8), mask=mask)
             tl.store(n_ptr + offs, cn.to(tl.uint8), mask=mask)
 
 
-def launch_triton_compact(
-    params: list[Tensor],
-    grads: list[Tensor],
-    exp_avgs: list[Tensor],
-    exp_avg_diffs: list[Tensor],
-    exp_avg_sqs: list[Tensor],
-    neg_pre_grads: list[Tensor],
-    state_steps: list[Tensor],
-    state_scales: list | None,
-    param_comps: list | None,
-    param_update: str,
-    scalars: Tensor,
-    beta1: float,
-    beta2: float,
-    beta3: float,
-    eps: float,
-    weight_decay: float,
-    no_prox: bool,
-    generator: torch.Generator | None = None,
+def launch_compact(
+    lists: TensorLists, param_update: str, scalars: Tensor, hp: HParams, generator: Optional[torch.Generator] = None
 ) -> None:
     """One fused compact-state step over same-device tensors (one launch per tensor)."""
+    params = lists.params
     device = params[0].device
-    check_state_shapes(
-        params,
-        (("grad", grads), ("exp_avg", exp_avgs), ("exp_avg_diff", exp_avg_diffs), ("exp_avg_sq", exp_avg_sqs),
-         ("neg_pre_grad", neg_pre_grads), ("param_comp", param_comps)),
-        state_scales, scale_shape,
-    )  # fmt: skip
-    if any(not p.is_contiguous() for p in params):
-        raise ValueError("fused Adan needs contiguous parameters (use foreach=True for strided ones)")
+    grads = prepare(lists, lists.param_comps)
     if param_update == "stochastic" and any(p.dtype == torch.float16 for p in params):
         raise ValueError("param_update='stochastic' rounds to bfloat16; float16 parameters take 'kahan'")
-    coefs = step_coefficients(state_steps, scalars, beta1, beta2, beta3, device)
+    coefs = step_coefficients(lists.state_steps, scalars, hp, device)
     if generator is not None and generator.device != device:
         generator = None
     seed = torch.randint(0, 2**31 - 1, (1,), dtype=torch.int32, device=device, generator=generator)  # no host sync
-    hp = [_bits(beta1), _bits(beta2), _bits(beta3), _bits(eps), _bits(weight_decay)]
+    bits = hparam_bits(hp)
+    pu = int(ParamUpdate[param_update.upper()])
     for k, p in enumerate(params):
         rows, cols = block_layout(p.shape)
         n_blocks = -(-cols // BLOCK)
         if rows * n_blocks == 0:
             continue
-        g = grads[k] if grads[k].is_contiguous() else grads[k].contiguous()
-        fmt = format_of(exp_avgs[k])
-        ms, vs, ns = state_scales[k] if fmt.scale_keys else (scalars, scalars, scalars)  # unused placeholders
-        comp = param_comps[k] if param_comps is not None and param_comps[k] is not None else p
+        fmt = format_of(lists.exp_avgs[k])
+        ms, vs, ns = lists.state_scales[k] if fmt.scale_keys else (scalars, scalars, scalars)  # unused placeholders
+        comp = lists.param_comps[k] if lists.param_comps is not None and lists.param_comps[k] is not None else p
         low = p.dtype in (torch.bfloat16, torch.float16)
         _adan_compact_kernel[(rows * n_blocks,)](
-            p, g, exp_avgs[k], exp_avg_diffs[k], exp_avg_sqs[k], neg_pre_grads[k], ms, vs, ns, comp, coefs[k], scalars,
-            seed, cols, n_blocks, *hp,
-            FMT=int(fmt.code), PU=int(ParamUpdate[param_update.upper()]), LOW_PRECISION=low, NO_PROX=bool(no_prox), BLOCK=BLOCK,
+            p, grads[k], lists.exp_avgs[k], lists.exp_avg_diffs[k], lists.exp_avg_sqs[k], lists.neg_pre_grads[k],
+            ms, vs, ns, comp, coefs[k], scalars, seed, cols, n_blocks, *bits,
+            FMT=int(fmt.code), PU=pu, LOW_PRECISION=low, NO_PROX=bool(hp.no_prox), BLOCK=BLOCK,
         )  # fmt: skip

@@ -1,0 +1,93 @@
+"""Fused backends: which device types have a fused Adan kernel, and how to launch it.
+
+A :class:`Backend` says, for one device type, whether its kernels can run here (and why
+not), how to launch them on one bucket of full-precision state and on one bucket of
+compact state, and where its step counts live. :mod:`adan._fused` and the optimizer ask
+this registry and never name a device type themselves. Supporting another device (MPS,
+XPU, a CUDA C++ kernel) is one module with the two launchers plus one :func:`register`
+call; every launcher has the signatures of :mod:`adan.kernels.cpu`::
+
+    launch_full(lists: TensorLists, scalars: Tensor, hp: HParams) -> None
+    launch_compact(lists: TensorLists, param_update: str, scalars: Tensor, hp: HParams,
+                   generator: Optional[torch.Generator]) -> None
+
+``scalars`` is ``[lr, grad_multiplier, found_inf]`` in float64 on the bucket's device; a
+launcher increments the step counts itself (not when ``found_inf`` is set).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+
+from adan.kernels import cpu
+
+__all__ = ["Backend", "BACKENDS", "register", "get", "available", "unavailable_reason"]
+
+
+@dataclass(frozen=True)
+class Backend:
+    device_type: str
+    is_available: Callable[[], bool]
+    reason: Callable[[], str]  # why it is not available
+    launch_full: Callable[..., None]
+    launch_compact: Optional[Callable[..., None]]  # None: compact state takes the torch ops
+    steps_on_device: bool  # the kernels read the step counts on the device (else a CPU tensor)
+
+
+BACKENDS: dict[str, Backend] = {}
+
+
+def register(backend: Backend) -> Backend:
+    BACKENDS[backend.device_type] = backend
+    return backend
+
+
+def get(device: torch.device) -> Optional[Backend]:
+    return BACKENDS.get(device.type)
+
+
+def available(device: torch.device) -> bool:
+    backend = get(device)
+    return backend is not None and backend.is_available()
+
+
+def unavailable_reason(device: torch.device) -> str:
+    backend = get(device)
+    if backend is None:
+        return f"no fused Adan kernel for device type {device.type!r}"
+    return backend.reason()
+
+
+# ------------------------------------------------------------------ the two we ship
+register(Backend("cpu", cpu.available, cpu.unavailable_reason, cpu.launch_full, cpu.launch_compact, steps_on_device=False))
+
+
+def _triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _cuda_full(*args, **kwargs) -> None:  # Triton is imported at the first CUDA launch only
+    from adan.kernels.adan_triton import launch_full
+
+    launch_full(*args, **kwargs)
+
+
+def _cuda_compact(*args, **kwargs) -> None:
+    from adan.kernels.adan_triton_compact import launch_compact
+
+    launch_compact(*args, **kwargs)
+
+
+register(
+    Backend(
+        "cuda", _triton_available, lambda: "the CUDA kernel needs Triton (pip install triton)",
+        _cuda_full, _cuda_compact, steps_on_device=True,
+    )
+)  # fmt: skip

@@ -1,0 +1,200 @@
+"""The CPU backend: the C/OpenMP kernels, called through ctypes.
+
+``adan_cpu.c`` updates full-precision state, ``adan_cpu_compact.c`` compact state and
+rounded low-precision parameters; both include ``adan_math.h``, where the update is
+written. Each launcher takes one bucket (one parameter dtype; one state format for the
+compact kernel), builds a table of data pointers and makes one call: the kernel reads the
+step counts and ``scalars = [lr, grad_multiplier, found_inf]`` itself, increments the
+counts and computes the bias corrections in double.
+
+The kernels read every tensor as a flat array of its parameter's ``numel``, so memory
+safety rests on two checks here: contiguous parameters and gradients (gradients are made
+so), and state buffers of their parameter's shape (checked once per memory layout, see
+:class:`adan._checks.ValidatedLayouts`).
+"""
+
+from __future__ import annotations
+
+import ctypes
+from array import array
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from adan._checks import ValidatedLayouts, check_state_shapes
+from adan._codes import ParamUpdate, dtype_code
+from adan._compact import block_layout, full_dtype, scale_shape
+from adan._formats import format_of
+from adan._lists import TensorLists
+from adan._maths import HParams
+from adan._native import BuildError, load_library
+
+__all__ = ["available", "unavailable_reason", "launch_full", "launch_compact"]
+
+_KERNEL_SOURCE = Path(__file__).parent / "adan_cpu.c"
+_COMPACT_SOURCE = Path(__file__).parent / "adan_cpu_compact.c"
+_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+_COMPACT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+_HPARAMS = [ctypes.c_double] * 5 + [ctypes.c_int32, ctypes.c_int32]  # b1, b2, b3, eps, wd, no_prox, threads
+_lib: Optional[ctypes.CDLL] = None
+_error: Optional[str] = None
+
+
+def _load() -> Optional[ctypes.CDLL]:
+    global _lib, _error
+    if _lib is None and _error is None:
+        try:
+            lib = load_library(_KERNEL_SOURCE)
+            compact = load_library(_COMPACT_SOURCE).adan_fused_step_compact
+        except (BuildError, OSError) as exc:
+            _error = str(exc)
+            return None
+        lib.adan_fused_step.restype = ctypes.c_int
+        lib.adan_fused_step.argtypes = [
+            ctypes.c_int64, ctypes.c_int32, ctypes.c_void_p,  # n, dtype, numels
+            *[ctypes.c_void_p] * 8,  # p, g, m, v, n, neg, steps, scalars
+            *_HPARAMS,
+        ]
+        compact.restype = ctypes.c_int
+        compact.argtypes = [
+            ctypes.c_int64, ctypes.c_int32, ctypes.c_int32, ctypes.c_int32,  # n, dtype, format, param_update
+            *[ctypes.c_void_p] * 15,  # rows, cols, p, g, m, v, n, neg, 3 scales, comps, steps, scalars, seed
+            *_HPARAMS,
+        ]
+        lib.compact = compact
+        _lib = lib
+    return _lib
+
+
+def available() -> bool:
+    """Whether the kernels compiled (they are built at first use)."""
+    return _load() is not None
+
+
+def unavailable_reason() -> str:
+    _load()
+    return f"the CPU kernel could not be built: {_error}"
+
+
+def _library() -> ctypes.CDLL:
+    lib = _load()
+    if lib is None:
+        raise RuntimeError(f"fused=True: {unavailable_reason()}")
+    return lib
+
+
+def _hparams(hp: HParams) -> tuple:
+    return (hp.beta1, hp.beta2, hp.beta3, hp.eps, hp.weight_decay, int(hp.no_prox), torch.get_num_threads())
+
+
+def _flat_grads(params: list[Tensor], grads: list[Tensor], dtype: torch.dtype) -> list[Tensor]:
+    """Contiguous parameters (else ``ValueError``), and the gradients as contiguous tensors
+    of the parameters' dtype (a new list where any had to change). In as few Python-level
+    passes as possible: this runs every step."""
+    odd = [k for k, (p, g) in enumerate(zip(params, grads)) if not (p.is_contiguous() and g.is_contiguous() and g.dtype == dtype)]
+    if not odd:
+        return grads
+    grads = list(grads)
+    for k in odd:
+        p = params[k]
+        if not p.is_contiguous():
+            raise ValueError(
+                f"fused Adan needs contiguous parameters; parameter {k} of shape {tuple(p.shape)} has strides "
+                f"{p.stride()} (use foreach=True, or make the parameter contiguous)"
+            )
+        grads[k] = grads[k].to(dtype).contiguous()  # (.to(memory_format=...) may return a strided self)
+    return grads
+
+
+_LAYOUTS = ValidatedLayouts()
+
+
+def _named(lists: TensorLists, comps: Optional[list] = None) -> tuple:
+    return (("grad", lists.grads), ("exp_avg", lists.exp_avgs), ("exp_avg_diff", lists.exp_avg_diffs),
+            ("exp_avg_sq", lists.exp_avg_sqs), ("neg_pre_grad", lists.neg_pre_grads), ("param_comp", comps))  # fmt: skip
+
+
+def _pointer_table(slots: list[list[Tensor]]) -> tuple[array, list[int]]:
+    """The data pointers of equally long tensor lists in one array, and each list's address
+    in it (keep the array alive while the kernel runs)."""
+    table = array("q", [t.data_ptr() for lst in slots for t in lst])
+    base, _ = table.buffer_info()
+    stride = len(slots[0]) * table.itemsize
+    return table, [base + i * stride for i in range(len(slots))]
+
+
+def launch_full(lists: TensorLists, scalars: Tensor, hp: HParams) -> None:
+    """One kernel call for a bucket of CPU tensors of one parameter dtype, full-precision state."""
+    lib = _library()
+    params = lists.params
+    dtype = params[0].dtype
+    if dtype not in _DTYPES:
+        raise TypeError(f"fused Adan supports float32, float64, bfloat16 and float16 parameters, not {dtype}")
+    sdtype = full_dtype(dtype)
+    lists = lists._replace(grads=_flat_grads(params, lists.grads, dtype))
+    # The state needs no per-step check of its dtype: Adan creates it (and load_state_dict
+    # casts it) in full_dtype(dtype), with float32 step counters on the CPU. Check the
+    # first of each slot as a safeguard.
+    firsts = (lists.exp_avgs[0], lists.exp_avg_diffs[0], lists.exp_avg_sqs[0], lists.neg_pre_grads[0])
+    if any(t.dtype != sdtype for t in firsts):
+        raise TypeError(f"fused Adan: the state of {dtype} parameters must be {sdtype}")
+    if lists.state_steps[0].dtype != torch.float32 or not lists.state_steps[0].is_cpu:
+        raise TypeError("fused Adan: state 'step' must be float32 tensors on the CPU")
+
+    table, slots = _pointer_table(list(lists.dense))
+    numels = array("q", [p.numel() for p in params])
+    n = len(params)
+    _LAYOUTS.check(
+        table[:n].tobytes() + table[2 * n :].tobytes() + numels.tobytes(),
+        lambda: check_state_shapes(params, _named(lists)),
+    )
+    scalars = scalars.contiguous()
+    rc = lib.adan_fused_step(n, dtype_code(dtype), numels.buffer_info()[0], *slots, scalars.data_ptr(), *_hparams(hp))
+    if rc != 0:
+        raise RuntimeError(f"fused Adan CPU kernel failed with code {rc}")
+
+
+def launch_compact(
+    lists: TensorLists, param_update: str, scalars: Tensor, hp: HParams, generator: Optional[torch.Generator] = None
+) -> None:
+    """One compact-kernel call for CPU tensors of one parameter dtype and one state format."""
+    lib = _library()
+    params = lists.params
+    dtype = params[0].dtype
+    if dtype not in _COMPACT_DTYPES:
+        raise TypeError(f"fused Adan's compact formats support float32, bfloat16 and float16 parameters, not {dtype}")
+    fmt = format_of(lists.exp_avgs[0])
+    lists = lists._replace(grads=_flat_grads(params, lists.grads, dtype))
+    layouts = [block_layout(p.shape) for p in params]
+    rows = array("q", [r for r, _ in layouts])
+    cols = array("q", [c for _, c in layouts])
+    slots = list(lists.dense[:6])
+    if fmt.scale_keys:
+        slots += [[s[j] for s in lists.state_scales] for j in range(3)]
+    comps = lists.param_comps if param_update == "kahan" and dtype != torch.float32 else None
+    if comps is not None:
+        slots.append(comps)
+    slots.append(lists.state_steps)
+    table, addresses = _pointer_table(slots)
+    n = len(params)
+    _LAYOUTS.check(
+        table[:n].tobytes() + table[2 * n :].tobytes() + rows.tobytes() + cols.tobytes(),
+        lambda: check_state_shapes(params, _named(lists, comps), lists.state_scales, scale_shape),
+    )
+    at = iter(addresses)
+    buffers = [next(at) for _ in range(6)]  # p, g, m, v, n, neg
+    scales = [next(at) for _ in range(3)] if fmt.scale_keys else [None] * 3
+    comps_ = next(at) if comps is not None else None
+    steps_ = next(at)
+    if generator is not None and generator.device.type != "cpu":
+        generator = None
+    seed = torch.randint(-(2**63), 2**63 - 1, (1,), dtype=torch.int64, generator=generator)
+    scalars = scalars.contiguous()
+    rc = lib.compact(
+        n, dtype_code(dtype), fmt.code, ParamUpdate[param_update.upper()], rows.buffer_info()[0], cols.buffer_info()[0],
+        *buffers, *scales, comps_, steps_, scalars.data_ptr(), seed.data_ptr(), *_hparams(hp),
+    )  # fmt: skip
+    if rc != 0:
+        raise RuntimeError(f"fused Adan CPU compact kernel failed with code {rc}")
