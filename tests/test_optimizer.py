@@ -427,3 +427,43 @@ def test_step_has_no_host_sync_so_it_compiles_as_one_graph(path):
         torch.nn.functional.mse_loss(model(x), y).backward()
         step()
     assert all(s["step"].item() == 4 for s in opt.state.values())
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("state_dtype", ["float32", "bfloat16", "int8"])
+@pytest.mark.parametrize("max_grad_norm", [0.0, 0.5])
+def test_functional_adan_handles_the_first_step_itself(path, state_dtype, max_grad_norm):
+    """Called like torch.optim.adam(): zero state, step counts at 0. Every path must take the
+    previous gradient to be the current one at the first step (no difference term), as the
+    class does: both runs end bit for bit alike."""
+    import adan as adan_pkg
+    from adan import _formats
+
+    torch.manual_seed(0)
+    shapes = [(64, 128), (33,), ()]
+    kw = dict(lr=1e-2, betas=(0.9, 0.8, 0.99), eps=1e-8, weight_decay=0.02, max_grad_norm=max_grad_norm)
+    p_cls = [torch.randn(s, requires_grad=True) for s in shapes]
+    p_fun = [p.detach().clone() for p in p_cls]
+    opt = Adan(p_cls, **kw, state_dtype=state_dtype, **PATHS[path])
+    opt._generators[torch.device("cpu")] = torch.Generator().manual_seed(7)
+    gen = torch.Generator().manual_seed(7)
+    fmts = [_formats.format_for(p, state_dtype) for p in p_fun]
+    state = [{"step": torch.zeros(()), **f.new_buffers(p), "neg_pre_grad": f.new_neg(p)} for f, p in zip(fmts, p_fun)]
+    scales = [f.scales(s) for f, s in zip(fmts, state)]
+    g_rng = torch.Generator().manual_seed(1)
+    for _ in range(3):
+        grads = [torch.randn(s, generator=g_rng) for s in shapes]
+        for p, g in zip(p_cls, grads):
+            p.grad = g.clone()
+        opt.step()
+        clip = adan_pkg.global_clip_coefficient(grads, max_grad_norm, kw["eps"]) if max_grad_norm else None
+        adan_pkg.adan(
+            p_fun, grads, *([s[k] for s in state] for k in ("exp_avg", "exp_avg_sq", "exp_avg_diff", "neg_pre_grad", "step")),
+            clip_coef=clip, beta1=0.9, beta2=0.8, beta3=0.99, lr=kw["lr"], weight_decay=kw["weight_decay"], eps=kw["eps"],
+            no_prox=False, state_scales=scales if state_dtype == "int8" else None, generator=gen, **PATHS[path],
+        )  # fmt: skip
+    for a, b in zip(p_cls, p_fun):
+        assert torch.equal(a.detach(), b), (path, state_dtype)
+    for p, s in zip(p_cls, state):
+        for key, value in s.items():
+            assert torch.equal(opt.state[p][key], value), key

@@ -59,11 +59,16 @@ def _scale_grads(grads: list[Tensor], scale: Union[Tensor, float], device: torch
 
 
 def _step_coefficients(
-    steps: Tensor, lr: LR, beta1: float, beta2: float, beta3: float
-) -> tuple[Tensor, Tensor, Tensor]:
-    """From (already incremented) step counts, in float64:
-    ``lr / (1 - b1^t)``, ``lr b2 / (1 - b2^t)`` and ``1 / sqrt(1 - b3^t)``."""
-    return bias_corrections(steps.to(torch.float64), lr, beta1, beta2, beta3)
+    steps: list[Tensor], lr: LR, beta1: float, beta2: float, beta3: float
+) -> tuple[tuple[Tensor, Tensor, Tensor, Tensor], Optional[list[bool]]]:
+    """From (already incremented) step counts, in float64: ``lr / (1 - b1^t)``,
+    ``lr b2 / (1 - b2^t)``, ``1 / sqrt(1 - b3^t)`` and ``keep = [t != 1]``; and which
+    tensors are at their first step, where the counts are CPU tensors in eager mode (read
+    from CPU memory, as torch.optim reads them; no device is synchronised), else ``None``."""
+    t = torch.stack(steps).to(torch.float64)
+    host = steps[0].device.type == "cpu" and not torch.compiler.is_compiling()
+    fresh = (t == 1).tolist() if host else None
+    return (*bias_corrections(t, lr, beta1, beta2, beta3), (t != 1).to(torch.float64)), fresh
 
 
 # CPU tensors above this many elements are updated in slices of it, so that the dozen
@@ -78,8 +83,9 @@ def _adan_lists(
     v: list[Tensor],
     n: list[Tensor],
     neg: list[Tensor],
-    coefs: tuple[Tensor, Tensor, Tensor],
+    coefs: tuple[Tensor, Tensor, Tensor, Tensor],
     *,
+    fresh: Optional[list[bool]],
     scale: Union[Tensor, float, None],
     beta1: float,
     beta2: float,
@@ -91,8 +97,11 @@ def _adan_lists(
 ) -> None:
     """The non-fused update on lists of tensors of one device and dtype, in place.
 
-    ``coefs`` = (``lr / (1 - b1^t)``, ``lr b2 / (1 - b2^t)``, ``1 / sqrt(1 - b3^t)``),
-    1-D float64 tensors with one value per tensor. The ``neg_pre_grad`` buffers carry
+    ``coefs`` = (``lr / (1 - b1^t)``, ``lr b2 / (1 - b2^t)``, ``1 / sqrt(1 - b3^t)``,
+    ``[t != 1]``), 1-D float64 tensors with one value per tensor. ``fresh`` says which
+    tensors are at their first step, whose previous gradient is the current one (``None``:
+    not known on the host, so the difference is multiplied by ``[t != 1]`` instead). The
+    ``neg_pre_grad`` buffers carry
     ``d``, then ``(g + b2 d) / b2``, then the denominator, and finally ``-g``: apart
     from a scaled or upcast gradient, nothing is allocated.
 
@@ -103,7 +112,7 @@ def _adan_lists(
     device = p[0].device
     cpu = device.type == "cpu" and not torch.compiler.is_compiling()
     _c = (lambda x: torch.tensor(x, dtype=torch.float64)) if cpu else (lambda x: x)
-    step_size, step_size_diff, inv_bc3_sqrt = coefs
+    step_size, step_size_diff, inv_bc3_sqrt, keep = coefs
     work = p
     if p[0].dtype != m[0].dtype:  # low-precision parameters: float32 maths and state
         g = [x.to(m[0].dtype) for x in g]
@@ -112,7 +121,12 @@ def _adan_lists(
         g = _scale_grads(g, scale, device)
     if torch.is_tensor(lr):  # weight decay's 1 +- lr wd in float64, whatever the lr tensor's dtype
         lr = lr.to(dtype=torch.float64)
+    if fresh is not None:  # g' = g at a tensor's first step
+        for i in [i for i, f in enumerate(fresh) if f]:
+            neg[i].copy_(g[i]).neg_()
     torch._foreach_add_(neg, g)  # d = g - g'
+    if fresh is None:
+        torch._foreach_mul_(neg, keep.to(device).unbind())
     torch._foreach_lerp_(m, g, 1 - beta1)
     torch._foreach_lerp_(v, neg, 1 - beta2)
     torch._foreach_mul_(n, _c(beta3))
@@ -177,12 +191,13 @@ def _check_shapes(params, grads, exp_avgs, exp_avg_sqs, exp_avg_diffs, neg_pre_g
     check_state_shapes(params, named, state_scales, _compact.scale_shape)
 
 
-def _per_tensor(lists, coefs: tuple[Tensor, ...], indices, kwargs) -> None:
+def _per_tensor(lists, coefs: tuple[Tensor, ...], fresh: Optional[list[bool]], indices, kwargs) -> None:
     """Update the tensors at ``indices`` one at a time (slice by slice on the CPU)."""
     for i in indices:
         tensor_coefs = tuple(c[i : i + 1] for c in coefs)
+        tensor_fresh = None if fresh is None else [fresh[i]]
         for p, g, m, v, n, neg in _chunks(tuple(lst[i] for lst in lists)):
-            _adan_lists([p], [g], [m], [v], [n], [neg], tensor_coefs, **kwargs)
+            _adan_lists([p], [g], [m], [v], [n], [neg], tensor_coefs, fresh=tensor_fresh, **kwargs)
 
 
 def _row_chunks(t: Tensor):
@@ -244,7 +259,7 @@ def _compact_slice(p, g, m, v, n, neg, comp, scales, first, coefs, scale, param_
         p32 = p.float() if comp is None else p.float() + comp.float()
     else:
         p32 = p  # float32 parameters are updated in place
-    _adan_lists([p32], [g32], [m32], [v32], [n32], [neg32], coefs, scale=None, **kwargs)
+    _adan_lists([p32], [g32], [m32], [v32], [n32], [neg32], coefs, fresh=[False], scale=None, **kwargs)  # neg32 is g' already
     m32 = fmt.mark_nonfinite(m32, n32)
     for key, value in zip(MOMENTS, (m32, v32, n32)):
         fmt.encode(state, key, value, generator=generator)
@@ -287,11 +302,11 @@ def _single_tensor_adan(
         if not part.params:
             continue
         _increment(part.state_steps)
-        coefs = _step_coefficients(torch.stack(part.state_steps), lr, beta1, beta2, beta3)
+        coefs, fresh = _step_coefficients(part.state_steps, lr, beta1, beta2, beta3)
         if compact:
             _per_tensor_compact(part, param_update, generator, coefs, kwargs)
         else:
-            _per_tensor(part.dense[:6], coefs, range(len(part.params)), kwargs)
+            _per_tensor(part.dense[:6], coefs, fresh, range(len(part.params)), kwargs)
 
 
 def _multi_tensor_adan(
@@ -340,19 +355,21 @@ def _multi_tensor_adan(
                   lr=lr, weight_decay=weight_decay, no_prox=no_prox)  # fmt: skip
     for (*lists, steps), _ in buckets.values():
         _increment(steps)
-        coefs = _step_coefficients(torch.stack(steps), lr, beta1, beta2, beta3)
+        coefs, fresh = _step_coefficients(steps, lr, beta1, beta2, beta3)
         if lists[0][0].device.type != "cpu" or torch.compiler.is_compiling():
-            _adan_lists(*lists, coefs, **kwargs)
+            _adan_lists(*lists, coefs, fresh=fresh, **kwargs)
             continue
         # On the CPU, work in cache-sized pieces: a large tensor slice by slice, small
         # ones in foreach batches of about _CHUNK elements.
         numels = [t.numel() for t in lists[0]]
-        _per_tensor(lists, coefs, [i for i, k in enumerate(numels) if k > _CHUNK], kwargs)
+        _per_tensor(lists, coefs, fresh, [i for i, k in enumerate(numels) if k > _CHUNK], kwargs)
         batch, size = [], 0
         for i, k in enumerate(numels + [_CHUNK + 1]):  # a sentinel flushes the last batch
             if batch and (size + k > _CHUNK or i == len(numels)):
                 idx = torch.tensor(batch)
-                _adan_lists(*([lst[j] for j in batch] for lst in lists), tuple(c[idx] for c in coefs), **kwargs)
+                part = [[lst[j] for j in batch] for lst in lists]
+                part_fresh = None if fresh is None else [fresh[j] for j in batch]
+                _adan_lists(*part, tuple(c[idx] for c in coefs), fresh=part_fresh, **kwargs)
                 batch, size = [], 0
             if i < len(numels) and k <= _CHUNK:
                 batch.append(i)
@@ -478,9 +495,10 @@ def adan(
 ) -> None:
     """Functional Adan: update ``params`` and the state lists in place.
 
-    ``neg_pre_grads`` must already hold minus the previous gradient (minus the current,
-    scaled gradient at a parameter's first step; the fused kernel instead ignores it at
-    ``t = 1``). ``clip_coef`` multiplies every gradient (see
+    ``neg_pre_grads`` holds minus the previous (scaled) gradient; at a parameter's first
+    step (its count in ``state_steps`` is 0 before the call) every path takes the previous
+    gradient to be the current one, so the buffers may start as zeros, as the
+    ``torch.optim`` functional APIs take their state. ``clip_coef`` multiplies every gradient (see
     :func:`global_clip_coefficient`). ``grad_scale``/``found_inf`` (fused only) unscale
     the gradients and skip the step on inf. ``generator`` supplies the stochastic-rounding
     bits of compact state (torch's default generator when ``None``). Every gradient and

@@ -232,7 +232,9 @@ class Adan(Optimizer):
 
     def _new_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
         state = {"step": torch.zeros((), dtype=_step_dtype(group), device=_step_device(p, group))}
-        state.update(_formats.format_for(p, group["state_dtype"]).new_buffers(p))
+        fmt = _formats.format_for(p, group["state_dtype"])
+        state.update(fmt.new_buffers(p))
+        state["neg_pre_grad"] = fmt.new_neg(p)  # read at step 1 by no path: g' = g there
         if _needs_comp(p, group):
             state[COMP_KEY] = torch.zeros_like(p, memory_format=torch.preserve_format)
         return state
@@ -250,16 +252,18 @@ class Adan(Optimizer):
         all_state = self.state
         states = [all_state[p] for p in params]
         negs = [s.get("neg_pre_grad") for s in states]
-        fresh = []  # indices whose previous gradient starts as the current one
-        if any(n is None for n in negs):  # new parameters, or the first step after a restart
+        fresh = []  # states without a previous gradient (restarted, or loaded without one): g' = g
+        if any(n is None for n in negs):  # new parameters, or such states
             if group["fused"]:  # before any state is made: it would stay on the meta device
                 _check_fused_params(params)
             for i, (p, state) in enumerate(zip(params, states)):
                 if negs[i] is None:
-                    if "exp_avg" not in state:
+                    if "exp_avg" in state:
+                        state["neg_pre_grad"] = _formats.format_of(state["exp_avg"]).new_neg(p)
+                        fresh.append(i)
+                    else:  # the paths handle a first step themselves
                         state.update(self._new_state(p, group))
-                    negs[i] = state["neg_pre_grad"] = _formats.format_of(state["exp_avg"]).new_neg(p)
-                    fresh.append(i)
+                    negs[i] = state["neg_pre_grad"]
         lists = {
             "params": params,
             "grads": grads,
@@ -316,7 +320,7 @@ class Adan(Optimizer):
                 state["step"].zero_()
                 for key in _formats.format_of(state["exp_avg"]).expected(p):
                     state[key].zero_()
-                state.pop("neg_pre_grad", None)
+                state.pop("neg_pre_grad", None)  # made again (g' = g) at the next step
 
     # ------------------------------------------------------------------- step
     @torch.no_grad()
@@ -350,7 +354,7 @@ class Adan(Optimizer):
             if not lists["params"]:
                 continue
             foreach, fused = _resolve_path(lists["params"], group["foreach"], group["fused"])
-            if fresh:  # g' = g where there is no previous gradient (new state, restart, or a checkpoint without one)
+            if fresh:  # g' = g where a state has no previous gradient (a checkpoint's step count need not be 0)
                 mult = (
                     _fused.grad_multiplier(clip_coef, group["maximize"], grad_scale, lists["params"][0].device)
                     if fused else _grad_scale(clip_coef, group["maximize"])
