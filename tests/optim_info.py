@@ -72,3 +72,30 @@ PATHS = {
     "foreach": dict(foreach=True),
     "fused": dict(fused=True),
 }
+
+# The axes of storage and precision, read from the registries: a new state format or
+# param_update runs through every configuration below (tests/test_matrix.py) by itself.
+from adan import _compact, _formats  # noqa: E402
+
+STATE_FORMATS = tuple(_formats.FORMATS)
+PARAM_UPDATES = _compact.PARAM_UPDATES
+PARAM_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+
+
+def storage_axes():
+    """Every valid (state_dtype, param_update, parameter dtype): float64 parameters keep
+    full state and round to nearest; stochastic rounding is for bfloat16 parameters."""
+    for fmt in STATE_FORMATS:
+        for update in PARAM_UPDATES:
+            for dtype in PARAM_DTYPES:
+                if dtype == torch.float64 and (fmt != "float32" or update != "nearest"):
+                    continue
+                if update == "stochastic" and dtype == torch.float16:
+                    continue
+                yield pytest_param(fmt, update, dtype)
+
+
+def pytest_param(fmt, update, dtype):
+    import pytest
+
+    return pytest.param(fmt, update, dtype, id=f"{fmt}-{update}-{str(dtype).removeprefix('torch.')}")

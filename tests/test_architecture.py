@@ -1,0 +1,80 @@
+"""The package's shape: no import cycles (deferred imports count) and no core module over
+600 lines (docs/architecture.md describes the layers)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import adan
+
+ROOT = Path(adan.__file__).parent
+CORE_LIMIT = 600
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for f in ROOT.rglob("*.py"):
+        parts = f.relative_to(ROOT).with_suffix("").parts
+        out[".".join(("adan", *parts)).removesuffix(".__init__")] = f
+    return out
+
+
+def _imports(path: Path, modules: dict[str, Path]) -> set[str]:
+    """The adan modules ``path`` imports, anywhere in it (functions included)."""
+    deps = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("adan"):
+            for alias in node.names:
+                sub = f"{node.module}.{alias.name}"
+                deps.add(sub if sub in modules else node.module)
+        elif isinstance(node, ast.Import):
+            deps |= {a.name for a in node.names if a.name.startswith("adan")}
+    return deps
+
+
+def _find_cycle(graph: dict[str, set[str]]):
+    """One import cycle of ``graph`` as a list of modules, or ``None``."""
+    done: set[str] = set()
+
+    def visit(m: str, path: list[str]):
+        if m in path:
+            return path[path.index(m):] + [m]
+        if m in done:
+            return None
+        for d in sorted(graph.get(m, ())):
+            cycle = visit(d, path + [m])
+            if cycle:
+                return cycle
+        done.add(m)
+        return None
+
+    for m in sorted(graph):
+        cycle = visit(m, [])
+        if cycle:
+            return cycle
+    return None
+
+
+def test_no_import_cycles():
+    modules = _modules()
+    graph = {m: {d for d in _imports(f, modules) if d in modules and d not in ("adan", m)} for m, f in modules.items()}
+    cycle = _find_cycle(graph)
+    assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_the_cycle_check_can_fail(tmp_path):
+    """The checker itself: a cycle through a deferred (function-level) import is found."""
+    a, b = tmp_path / "a.py", tmp_path / "b.py"
+    a.write_text("from adan import b\n")
+    b.write_text("def f():\n    from adan import a\n")
+    modules = {"adan.a": a, "adan.b": b}
+    graph = {m: _imports(f, modules) for m, f in modules.items()}
+    assert _find_cycle(graph) == ["adan.a", "adan.b", "adan.a"]
+    assert _find_cycle({"adan.a": {"adan.b"}, "adan.b": set()}) is None
+
+
+def test_core_modules_stay_small():
+    core = [f for f in ROOT.glob("*.py")] + list((ROOT / "kernels").glob("*.py"))
+    sizes = {f.name: len(f.read_text().splitlines()) for f in core}
+    assert max(sizes.values()) <= CORE_LIMIT, {k: v for k, v in sizes.items() if v > CORE_LIMIT}
