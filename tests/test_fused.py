@@ -195,27 +195,35 @@ def test_triton_kernel_under_the_interpreter_matches_the_cpu_kernel():
         from adan._lists import TensorLists
         from adan._maths import HParams
         from adan.kernels import cpu
+        from unittest import mock
+        from adan.kernels import adan_triton
         from adan.kernels.adan_triton import launch_full
         worst = {}
         for dt in (torch.float32, torch.float64, torch.bfloat16):
             sd = torch.float32 if dt == torch.bfloat16 else dt
-            shapes = [(3, 5), (4097,), (0,), ()]
+            # many tiny tensors, sizes that are not multiples of the tile, an empty one, a scalar
+            shapes = [(3, 5), (4097,), (0,), ()] + [(k,) for k in range(1, 40)] + [(1024,), (1025,), (2048, 3)]
             g0 = torch.Generator().manual_seed(0)
             pa = [torch.randn(s, generator=g0).to(dt) for s in shapes]
             pb = [p.clone() for p in pa]
             sa = [[torch.zeros(s, dtype=sd) for s in shapes] for _ in range(4)]
             sb = [[t.clone() for t in lst] for lst in sa]
-            ta, tb = [torch.zeros(()) for _ in shapes], [torch.zeros(()) for _ in shapes]
+            pc, sc_ = [p.clone() for p in pa], [[t.clone() for t in lst] for lst in sa]
+            ta, tb, tc = ([torch.zeros(()) for _ in shapes] for _ in range(3))
             for step in range(4):
                 grads = [torch.randn(s, generator=g0).to(dt) for s in shapes]
                 found = torch.tensor(1.0 if step == 2 else 0.0)
                 sc = scalars_of(torch.tensor(1e-2), torch.tensor(0.7), step == 3, torch.tensor(2.0), found, torch.device("cpu"))
                 hp = HParams(0.98, 0.92, 0.99, 1e-8, 0.02, step == 1)
-                launch_full(TensorLists(pa, grads, *sa, ta), sc, hp)
+                launch_full(TensorLists(pa, grads, *sa, ta), sc, hp)  # one launch for the bucket
                 cpu.launch_full(TensorLists(pb, list(grads), *sb, tb), sc, hp)
+                with mock.patch.object(adan_triton, "capturing", lambda device: True):  # a launch per tensor
+                    launch_full(TensorLists(pc, grads, *sc_, tc), sc, hp)
             err = max(((a.double() - b.double()).abs().max() / b.double().abs().max()).item() for a, b in zip(pa, pb) if a.numel())
             worst[str(dt)] = err
             assert [t.item() for t in ta] == [t.item() for t in tb] == [3.0] * len(shapes)
+            assert all(torch.equal(a, c) for a, c in zip(pa, pc)), "one launch and a launch per tensor differ"
+            assert all(torch.equal(a, c) for x, y in zip(sa, sc_) for a, c in zip(x, y))
         print(worst)
     """
     out = _run_isolated(code, {"TRITON_INTERPRET": "1"})

@@ -5,7 +5,9 @@ sync, so it is safe under CUDA-graph capture (``capturable=True``): the step cou
 on the device and are incremented there (not when ``found_inf`` is set), the bias
 corrections are computed from them in float64 tensor arithmetic, and the kernel reads
 ``scalars = [lr, grad_multiplier, found_inf]`` from device memory. The maths is in
-:mod:`adan.kernels.triton_common`.
+:mod:`adan.kernels.triton_common`. A bucket is one launch: the kernel reads each tensor's
+data pointers from a table (as torch's ``multi_tensor_apply`` does), and each program
+updates ``BLOCK`` elements of one tensor, so tiny tensors cost one program each.
 """
 
 from __future__ import annotations
@@ -17,11 +19,39 @@ from torch import Tensor
 
 from adan._lists import TensorLists
 from adan._maths import HParams
-from adan.kernels.triton_common import adan_update, hparam_bits, prepare, step_coefficients, step_scalars
+from adan.kernels.triton_common import (
+    adan_update, capturing, hparam_bits, pointer_tables, prepare, step_coefficients, step_scalars,
+)  # fmt: skip
 
 __all__ = ["launch_full"]
 
 _BLOCK = 1024
+
+
+@triton.jit
+def _update_block(
+    p_ptr, g_ptr, m_ptr, v_ptr, n_ptr, neg_ptr, coef_ptr, scalars_ptr, offs, mask,
+    b1_bits, b2_bits, b3_bits, eps_bits, wd_bits, NO_PROX: tl.constexpr, ct: tl.constexpr,
+):  # fmt: skip
+    """Load, update and store the elements ``offs`` of one tensor."""
+    betas, eps, gm, a1, a2, c3, keep, pre, post = step_scalars(
+        scalars_ptr, coef_ptr, b1_bits, b2_bits, b3_bits, eps_bits, wd_bits, NO_PROX, ct
+    )
+    g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(ct) * gm
+    m, v, n, p = adan_update(
+        g,
+        tl.load(neg_ptr + offs, mask=mask, other=0.0).to(ct),
+        tl.load(m_ptr + offs, mask=mask, other=0.0).to(ct),
+        tl.load(v_ptr + offs, mask=mask, other=0.0).to(ct),
+        tl.load(n_ptr + offs, mask=mask, other=0.0).to(ct),
+        tl.load(p_ptr + offs, mask=mask, other=0.0).to(ct),
+        betas, eps, a1, a2, c3, keep, pre, post,
+    )  # fmt: skip
+    tl.store(m_ptr + offs, m.to(m_ptr.dtype.element_ty), mask=mask)
+    tl.store(v_ptr + offs, v.to(v_ptr.dtype.element_ty), mask=mask)
+    tl.store(n_ptr + offs, n.to(n_ptr.dtype.element_ty), mask=mask)
+    tl.store(neg_ptr + offs, (-g).to(neg_ptr.dtype.element_ty), mask=mask)
+    tl.store(p_ptr + offs, p.to(p_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -30,44 +60,68 @@ def _adan_kernel(
     b1_bits, b2_bits, b3_bits, eps_bits, wd_bits,
     NO_PROX: tl.constexpr, COMPUTE_F64: tl.constexpr, BLOCK: tl.constexpr,
 ):  # fmt: skip
-    found_inf = tl.load(scalars_ptr + 2)
-    if found_inf == 0:
-        ct: tl.constexpr = tl.float64 if COMPUTE_F64 else tl.float32
-        betas, eps, gm, a1, a2, c3, keep, pre, post = step_scalars(
-            scalars_ptr, coef_ptr, b1_bits, b2_bits, b3_bits, eps_bits, wd_bits, NO_PROX, ct
-        )
+    """One tensor (used under CUDA-graph capture, where a pointer table cannot be copied in)."""
+    if tl.load(scalars_ptr + 2) == 0:  # found_inf
         offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-        mask = offs < numel
-        g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(ct) * gm
-        m, v, n, p = adan_update(
-            g,
-            tl.load(neg_ptr + offs, mask=mask, other=0.0).to(ct),
-            tl.load(m_ptr + offs, mask=mask, other=0.0).to(ct),
-            tl.load(v_ptr + offs, mask=mask, other=0.0).to(ct),
-            tl.load(n_ptr + offs, mask=mask, other=0.0).to(ct),
-            tl.load(p_ptr + offs, mask=mask, other=0.0).to(ct),
-            betas, eps, a1, a2, c3, keep, pre, post,
+        _update_block(
+            p_ptr, g_ptr, m_ptr, v_ptr, n_ptr, neg_ptr, coef_ptr, scalars_ptr, offs, offs < numel,
+            b1_bits, b2_bits, b3_bits, eps_bits, wd_bits, NO_PROX, tl.float64 if COMPUTE_F64 else tl.float32,
         )  # fmt: skip
-        tl.store(m_ptr + offs, m.to(m_ptr.dtype.element_ty), mask=mask)
-        tl.store(v_ptr + offs, v.to(v_ptr.dtype.element_ty), mask=mask)
-        tl.store(n_ptr + offs, n.to(n_ptr.dtype.element_ty), mask=mask)
-        tl.store(neg_ptr + offs, (-g).to(neg_ptr.dtype.element_ty), mask=mask)
-        tl.store(p_ptr + offs, p.to(p_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _adan_table_kernel(
+    table_ptr, tiles_ptr, coefs_ptr, scalars_ptr, n_tensors,
+    b1_bits, b2_bits, b3_bits, eps_bits, wd_bits,
+    NO_PROX: tl.constexpr, P_DT: tl.constexpr, S_DT: tl.constexpr, COMPUTE_F64: tl.constexpr, BLOCK: tl.constexpr,
+):  # fmt: skip
+    """Every tensor of a bucket in one launch. ``table`` holds six rows of ``n_tensors`` data
+    pointers (p, g, m, v, n, neg) and then the tensors' sizes; program ``i`` updates
+    elements ``tiles[2i + 1]`` onwards of tensor ``tiles[2i]``."""
+    if tl.load(scalars_ptr + 2) == 0:  # found_inf
+        pid = tl.program_id(0).to(tl.int64)
+        k = tl.load(tiles_ptr + 2 * pid)
+        offs = tl.load(tiles_ptr + 2 * pid + 1) + tl.arange(0, BLOCK)
+        mask = offs < tl.load(table_ptr + 6 * n_tensors + k)
+        _update_block(
+            tl.load(table_ptr + k).to(tl.pointer_type(P_DT)),
+            tl.load(table_ptr + n_tensors + k).to(tl.pointer_type(P_DT)),
+            tl.load(table_ptr + 2 * n_tensors + k).to(tl.pointer_type(S_DT)),
+            tl.load(table_ptr + 3 * n_tensors + k).to(tl.pointer_type(S_DT)),
+            tl.load(table_ptr + 4 * n_tensors + k).to(tl.pointer_type(S_DT)),
+            tl.load(table_ptr + 5 * n_tensors + k).to(tl.pointer_type(S_DT)),
+            coefs_ptr + 4 * k, scalars_ptr, offs, mask,
+            b1_bits, b2_bits, b3_bits, eps_bits, wd_bits, NO_PROX, tl.float64 if COMPUTE_F64 else tl.float32,
+        )  # fmt: skip
+
+
+_TL_DTYPES = {torch.float32: tl.float32, torch.float64: tl.float64, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
 
 
 def launch_full(lists: TensorLists, scalars: Tensor, hp: HParams) -> None:
-    """One fused Adan step over a bucket of same-device, same-dtype tensors."""
+    """One fused Adan step over a bucket of same-device, same-dtype tensors: one launch for
+    the bucket (a tensor per launch under CUDA-graph capture)."""
     params = lists.params
     device = params[0].device
     grads = prepare(lists._replace(state_scales=None))
     coefs = step_coefficients(lists.state_steps, scalars, hp, device)
     compute_f64 = params[0].dtype == torch.float64
     bits = hparam_bits(hp)
+    slots = [params, grads, lists.exp_avgs, lists.exp_avg_diffs, lists.exp_avg_sqs, lists.neg_pre_grads]
+    if not capturing(device):
+        table, tiles = pointer_tables(slots, [p.numel() for p in params], _BLOCK, device)
+        if tiles.numel():
+            _adan_table_kernel[(tiles.numel() // 2,)](
+                table, tiles, coefs, scalars, len(params), *bits, NO_PROX=bool(hp.no_prox),
+                P_DT=_TL_DTYPES[params[0].dtype], S_DT=_TL_DTYPES[lists.exp_avgs[0].dtype], COMPUTE_F64=compute_f64,
+                BLOCK=_BLOCK,
+            )  # fmt: skip
+        return
     for k, p in enumerate(params):
         numel = p.numel()
         if numel == 0:
             continue
         _adan_kernel[(triton.cdiv(numel, _BLOCK),)](
-            p, grads[k], lists.exp_avgs[k], lists.exp_avg_diffs[k], lists.exp_avg_sqs[k], lists.neg_pre_grads[k],
-            coefs[k], scalars, numel, *bits, NO_PROX=bool(hp.no_prox), COMPUTE_F64=compute_f64, BLOCK=_BLOCK,
+            *(slot[k] for slot in slots), coefs[k], scalars, numel, *bits,
+            NO_PROX=bool(hp.no_prox), COMPUTE_F64=compute_f64, BLOCK=_BLOCK,
         )  # fmt: skip

@@ -21,7 +21,9 @@ from adan._compact import scale_shape
 from adan._lists import TensorLists
 from adan._maths import HParams, bias_corrections
 
-__all__ = ["hparam_bits", "step_coefficients", "prepare", "step_scalars", "adan_update", "to_bf16_sr"]
+__all__ = [
+    "hparam_bits", "step_coefficients", "prepare", "capturing", "pointer_tables", "step_scalars", "adan_update", "to_bf16_sr",
+]  # fmt: skip
 
 
 def _bits(x: float) -> int:
@@ -56,6 +58,38 @@ def prepare(lists: TensorLists, comps: Optional[list] = None) -> list[Tensor]:
     if any(not p.is_contiguous() for p in lists.params):
         raise ValueError("fused Adan needs contiguous parameters (use foreach=True for strided ones)")
     return [g if g.dtype == p.dtype and g.is_contiguous() else g.to(p.dtype).contiguous() for p, g in zip(lists.params, lists.grads)]
+
+
+def capturing(device: torch.device) -> bool:
+    """Whether CUDA-graph capture is on: a pointer table copied in now would be replayed stale."""
+    return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+
+
+_TILES: dict[tuple, Tensor] = {}  # (device, tile size, sizes) -> tiles; a few buckets' worth
+
+
+def pointer_tables(slots: list[list[Tensor]], numels: list[int], tile: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """``(table, tiles)`` on ``device`` for one launch over a bucket. ``table``: the data
+    pointers of every slot (a row of ``len(numels)`` per slot), then the sizes. ``tiles``:
+    ``(tensor index, first element)`` per program of ``tile`` elements, empty tensors
+    skipped. The pointers change every step (gradients are new tensors) and travel in one
+    copy from pinned memory, without a host sync; the tiles depend only on the sizes and
+    are kept."""
+    host = torch.tensor([t.data_ptr() for slot in slots for t in slot] + numels, dtype=torch.int64,
+                        pin_memory=device.type == "cuda")  # fmt: skip
+    table = host.to(device, non_blocking=True)
+    key = (device, tile, tuple(numels))
+    tiles = _TILES.get(key)
+    if tiles is None:
+        counts = torch.tensor([-(-n // tile) for n in numels], dtype=torch.int64)
+        index = torch.repeat_interleave(torch.arange(len(numels)), counts)
+        first = torch.cumsum(counts, 0) - counts  # each tensor's first tile
+        start = (torch.arange(int(counts.sum())) - first[index]) * tile
+        tiles = torch.stack([index, start], 1).reshape(-1).to(device)
+        if len(_TILES) >= 16:
+            _TILES.pop(next(iter(_TILES)))
+        _TILES[key] = tiles
+    return table, tiles
 
 
 @triton.jit
