@@ -347,3 +347,62 @@ def test_gpu_check_runs_without_cuda():
     script = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu_check.py"
     out = subprocess.run([sys.executable, str(script), "--quick"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "no CUDA device: skipping" in out.stdout, out.stderr[-2000:]
+
+
+@pytest.mark.skipif(
+    subprocess.run([sys.executable, "-c", "import triton"], capture_output=True).returncode != 0,
+    reason="Triton is not installed (pip install triton) for its CPU interpreter",
+)
+def test_triton_compact_one_launch_per_bucket_equals_a_launch_per_tensor():
+    """Many tiny and odd-sized tensors (int8 codes on all of them, whatever their size): the
+    bucket's single launch and one launch per tensor (as under CUDA-graph capture) write the
+    same bits, given the same seed; and both stay within rounding of the C compact kernel."""
+    code = """
+        import torch
+        from unittest import mock
+        from adan._fused import scalars_of
+        from adan._lists import TensorLists
+        from adan._maths import HParams
+        from adan.kernels import adan_triton_compact as tc, cpu
+        shapes = [(1,), (7,), (255,), (256,), (257,), (3, 300), (2, 513), ()]
+        res = {}
+        for fmt, pdt, pu in [("int8", torch.float32, "nearest"), ("bfloat16", torch.bfloat16, "kahan")]:
+            g0 = torch.Generator().manual_seed(0)
+            p0 = [torch.randn(s, generator=g0).to(pdt) for s in shapes]
+            def state():
+                ps = [p.clone() for p in p0]
+                if fmt == "int8":
+                    ms = [[torch.zeros(s, dtype=dt) for s in shapes] for dt in (torch.int8, torch.int8, torch.uint8)]
+                    from adan._compact import scale_shape
+                    scales = [tuple(torch.zeros(scale_shape(torch.Size(s))) for _ in range(3)) for s in shapes]
+                else:
+                    ms = [[torch.zeros(s, dtype=torch.bfloat16) for s in shapes] for _ in range(3)]
+                    scales = None
+                negs = [torch.zeros(s, dtype=torch.bfloat16) for s in shapes]
+                comps = [torch.zeros_like(p) for p in ps] if pu == "kahan" else None
+                return TensorLists(ps, None, *ms, negs, [torch.zeros(()) for _ in shapes], scales, comps)
+            a, b, c = state(), state(), state()
+            for step in range(3):
+                grads = [torch.randn(s, generator=g0).to(pdt) for s in shapes]
+                sc = scalars_of(1e-2, None, False, None, None, torch.device("cpu"))
+                hp = HParams(0.98, 0.92, 0.99, 1e-8, 0.02, False)
+                torch.manual_seed(step)
+                tc.launch_compact(a._replace(grads=grads), pu, sc, hp)
+                torch.manual_seed(step)
+                with mock.patch.object(tc, "capturing", lambda device: True):
+                    tc.launch_compact(b._replace(grads=grads), pu, sc, hp)
+                cpu.launch_compact(c._replace(grads=list(grads)), pu, sc, hp)
+            flat = lambda lst: [t for x in lst for t in (x if isinstance(x, tuple) else (x,))]  # scales are triples
+            same = all(torch.equal(x, y) for la, lb in zip(a, b) if la is not None
+                       for x, y in zip(flat(la), flat(lb)) if x.numel())
+            err = max(((x.double() - z.double()).norm() / z.double().norm()).item() for x, z in zip(a.params, c.params))
+            res[fmt] = (same, err, [t.item() for t in a.state_steps])
+        print(res)
+    """
+    out = _run_isolated(code, {"TRITON_INTERPRET": "1"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    res = eval(out.stdout.strip().splitlines()[-1])
+    for fmt, (same, err, steps) in res.items():
+        assert same, fmt
+        assert err < 2e-2, (fmt, err)
+        assert steps == [3.0] * len(steps), (fmt, steps)

@@ -27,7 +27,9 @@ from adan._compact import block_layout
 from adan._formats import format_of
 from adan._lists import TensorLists
 from adan._maths import HParams
-from adan.kernels.triton_common import adan_update, hparam_bits, prepare, step_coefficients, step_scalars, to_bf16_sr
+from adan.kernels.triton_common import (
+    adan_update, capturing, hparam_bits, pointer_tables, prepare, step_coefficients, step_scalars, to_bf16_sr,
+)  # fmt: skip
 
 __all__ = ["launch_compact"]
 
@@ -41,102 +43,157 @@ _NONFINITE: tl.constexpr = float(NONFINITE_CODE)
 
 
 @triton.jit
+def _compact_block(
+    p_ptr, g_ptr, m_ptr, v_ptr, n_ptr, neg_ptr, ms_ptr, vs_ptr, ns_ptr, comp_ptr, coef_ptr, scalars_ptr, seed_ptr,
+    tile, cols, n_blocks, b1_bits, b2_bits, b3_bits, eps_bits, wd_bits,
+    FMT: tl.constexpr, PU: tl.constexpr, LOW_PRECISION: tl.constexpr, NO_PROX: tl.constexpr, BLOCK: tl.constexpr,
+):  # fmt: skip
+    """Block ``tile`` (row ``tile // n_blocks``) of one tensor: decode, update, encode."""
+    row = tile // n_blocks
+    j = tile % n_blocks
+    col = j * BLOCK + tl.arange(0, BLOCK)
+    mask = col < cols
+    offs = row * cols + col
+
+    betas, eps, gm, a1, a2, c3, keep, pre, post = step_scalars(
+        scalars_ptr, coef_ptr, b1_bits, b2_bits, b3_bits, eps_bits, wd_bits, NO_PROX, tl.float32
+    )
+    r0, r1, r2, r3 = tl.randint4x(tl.load(seed_ptr), offs)  # four uint32 streams per element
+
+    # decode
+    if FMT == _INT8:
+        fm = tl.load(ms_ptr + tile) / 16129.0
+        fv = tl.load(vs_ptr + tile) / 16129.0
+        fn = tl.load(ns_ptr + tile) / 4228250625.0
+        qm = tl.load(m_ptr + offs, mask=mask, other=0).to(tl.float32)
+        qv = tl.load(v_ptr + offs, mask=mask, other=0).to(tl.float32)
+        qn = tl.load(n_ptr + offs, mask=mask, other=0).to(tl.float32)
+        m = tl.where(qm == _NONFINITE, float("nan"), qm * tl.abs(qm) * fm)  # marks NaN/inf
+        v = tl.where(qv == _NONFINITE, float("nan"), qv * tl.abs(qv) * fv)
+        qn2 = qn * qn
+        n = qn2 * qn2 * fn
+    else:
+        m = tl.load(m_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        v = tl.load(v_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        n = tl.load(n_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+
+    # update (in float32)
+    g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(tl.float32) * gm
+    prev = tl.load(neg_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    p = tl.load(p_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    if LOW_PRECISION and PU == _KAHAN:
+        p += tl.load(comp_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    m, v, n, p = adan_update(g, prev, m, v, n, p, betas, eps, a1, a2, c3, keep, pre, post)
+
+    # parameter
+    if LOW_PRECISION and PU == _STOCHASTIC:
+        tl.store(p_ptr + offs, to_bf16_sr(p, r2), mask=mask)
+    elif LOW_PRECISION and PU == _KAHAN:
+        stored = p.to(p_ptr.dtype.element_ty)
+        tl.store(p_ptr + offs, stored, mask=mask)
+        tl.store(comp_ptr + offs, (p - stored.to(tl.float32)).to(comp_ptr.dtype.element_ty), mask=mask)
+    else:
+        tl.store(p_ptr + offs, p.to(p_ptr.dtype.element_ty), mask=mask)
+
+    # encode
+    if FMT == _F32:
+        tl.store(neg_ptr + offs, -g, mask=mask)
+        tl.store(m_ptr + offs, m, mask=mask)
+        tl.store(v_ptr + offs, v, mask=mask)
+        tl.store(n_ptr + offs, n, mask=mask)
+    else:
+        tl.store(neg_ptr + offs, to_bf16_sr(-g, r3), mask=mask)
+    if FMT == _BF16:
+        tl.store(m_ptr + offs, to_bf16_sr(m, r0), mask=mask)
+        tl.store(v_ptr + offs, to_bf16_sr(v, r0 >> 16), mask=mask)
+        tl.store(n_ptr + offs, to_bf16_sr(n, r1), mask=mask)
+    if FMT == _INT8:
+        # Non-finite values stay out of the scales; a non-finite n marks its element's m.
+        okn = tl.abs(n) < float("inf")
+        okm = (tl.abs(m) < float("inf")) & okn
+        okv = tl.abs(v) < float("inf")
+        m = tl.where(okm, m, 0.0)
+        v = tl.where(okv, v, 0.0)
+        n = tl.where(okn, n, 0.0)
+        am = tl.max(tl.where(mask, tl.abs(m), 0.0), axis=0)
+        av = tl.max(tl.where(mask, tl.abs(v), 0.0), axis=0)
+        an = tl.max(tl.where(mask, n, 0.0), axis=0)
+        tl.store(ms_ptr + tile, am)
+        tl.store(vs_ptr + tile, av)
+        tl.store(ns_ptr + tile, an)
+        im = tl.where(am > 0, 1.0 / am, 0.0)
+        iv = tl.where(av > 0, 1.0 / av, 0.0)
+        inn = tl.where(an > 0, 1.0 / an, 0.0)
+        cm = tl.floor(tl.sqrt(tl.abs(m) * im) * 127.0 + 0.5)
+        cv = tl.floor(tl.sqrt(tl.abs(v) * iv) * 127.0 + 0.5)
+        cn = tl.floor(tl.sqrt(tl.sqrt(n * inn)) * 255.0 + 0.5)
+        cn = tl.where((n > 0) & (cn < 1.0), 1.0, cn)
+        tl.store(m_ptr + offs, tl.where(okm, tl.where(m < 0, -cm, cm), _NONFINITE).to(tl.int8), mask=mask)
+        tl.store(v_ptr + offs, tl.where(okv, tl.where(v < 0, -cv, cv), _NONFINITE).to(tl.int8), mask=mask)
+        tl.store(n_ptr + offs, cn.to(tl.uint8), mask=mask)
+
+
+@triton.jit
 def _adan_compact_kernel(
     p_ptr, g_ptr, m_ptr, v_ptr, n_ptr, neg_ptr, ms_ptr, vs_ptr, ns_ptr, comp_ptr, coef_ptr, scalars_ptr, seed_ptr,
     cols, n_blocks, b1_bits, b2_bits, b3_bits, eps_bits, wd_bits,
     FMT: tl.constexpr, PU: tl.constexpr, LOW_PRECISION: tl.constexpr, NO_PROX: tl.constexpr, BLOCK: tl.constexpr,
 ):  # fmt: skip
-    found_inf = tl.load(scalars_ptr + 2)
-    if found_inf == 0:
+    """One tensor (used under CUDA-graph capture, where a pointer table cannot be copied in)."""
+    if tl.load(scalars_ptr + 2) == 0:  # found_inf
+        _compact_block(
+            p_ptr, g_ptr, m_ptr, v_ptr, n_ptr, neg_ptr, ms_ptr, vs_ptr, ns_ptr, comp_ptr, coef_ptr, scalars_ptr, seed_ptr,
+            tl.program_id(0).to(tl.int64), cols, n_blocks, b1_bits, b2_bits, b3_bits, eps_bits, wd_bits,
+            FMT, PU, LOW_PRECISION, NO_PROX, BLOCK,
+        )  # fmt: skip
+
+
+@triton.jit
+def _adan_compact_table_kernel(
+    table_ptr, tiles_ptr, coefs_ptr, scalars_ptr, seed_ptr, n_tensors, b1_bits, b2_bits, b3_bits, eps_bits, wd_bits,
+    P_DT: tl.constexpr, S_DT: tl.constexpr, NEG_DT: tl.constexpr, SCALE_DT: tl.constexpr, N_DT: tl.constexpr,
+    FMT: tl.constexpr, PU: tl.constexpr, LOW_PRECISION: tl.constexpr, NO_PROX: tl.constexpr, BLOCK: tl.constexpr,
+):  # fmt: skip
+    """Every tensor of a bucket in one launch. ``table``: ten rows of ``n_tensors`` data
+    pointers (p, g, m, v, n, neg, the three scales, comp), then each tensor's ``cols`` and
+    ``n_blocks``; program ``i`` updates block ``tiles[2i + 1]`` of tensor ``tiles[2i]``."""
+    if tl.load(scalars_ptr + 2) == 0:  # found_inf
         pid = tl.program_id(0).to(tl.int64)
-        row = pid // n_blocks
-        j = pid % n_blocks
-        col = j * BLOCK + tl.arange(0, BLOCK)
-        mask = col < cols
-        offs = row * cols + col
+        k = tl.load(tiles_ptr + 2 * pid)
+        _compact_block(
+            tl.load(table_ptr + k).to(tl.pointer_type(P_DT)),
+            tl.load(table_ptr + n_tensors + k).to(tl.pointer_type(P_DT)),
+            tl.load(table_ptr + 2 * n_tensors + k).to(tl.pointer_type(S_DT)),
+            tl.load(table_ptr + 3 * n_tensors + k).to(tl.pointer_type(S_DT)),
+            tl.load(table_ptr + 4 * n_tensors + k).to(tl.pointer_type(N_DT)),
+            tl.load(table_ptr + 5 * n_tensors + k).to(tl.pointer_type(NEG_DT)),
+            tl.load(table_ptr + 6 * n_tensors + k).to(tl.pointer_type(SCALE_DT)),
+            tl.load(table_ptr + 7 * n_tensors + k).to(tl.pointer_type(SCALE_DT)),
+            tl.load(table_ptr + 8 * n_tensors + k).to(tl.pointer_type(SCALE_DT)),
+            tl.load(table_ptr + 9 * n_tensors + k).to(tl.pointer_type(P_DT)),
+            coefs_ptr + 4 * k, scalars_ptr, seed_ptr, tl.load(tiles_ptr + 2 * pid + 1),
+            tl.load(table_ptr + 10 * n_tensors + k), tl.load(table_ptr + 11 * n_tensors + k),
+            b1_bits, b2_bits, b3_bits, eps_bits, wd_bits, FMT, PU, LOW_PRECISION, NO_PROX, BLOCK,
+        )  # fmt: skip
 
-        betas, eps, gm, a1, a2, c3, keep, pre, post = step_scalars(
-            scalars_ptr, coef_ptr, b1_bits, b2_bits, b3_bits, eps_bits, wd_bits, NO_PROX, tl.float32
-        )
-        r0, r1, r2, r3 = tl.randint4x(tl.load(seed_ptr), offs)  # four uint32 streams per element
 
-        # decode
-        if FMT == _INT8:
-            fm = tl.load(ms_ptr + pid) / 16129.0
-            fv = tl.load(vs_ptr + pid) / 16129.0
-            fn = tl.load(ns_ptr + pid) / 4228250625.0
-            qm = tl.load(m_ptr + offs, mask=mask, other=0).to(tl.float32)
-            qv = tl.load(v_ptr + offs, mask=mask, other=0).to(tl.float32)
-            qn = tl.load(n_ptr + offs, mask=mask, other=0).to(tl.float32)
-            m = tl.where(qm == _NONFINITE, float("nan"), qm * tl.abs(qm) * fm)  # marks NaN/inf
-            v = tl.where(qv == _NONFINITE, float("nan"), qv * tl.abs(qv) * fv)
-            qn2 = qn * qn
-            n = qn2 * qn2 * fn
-        else:
-            m = tl.load(m_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-            v = tl.load(v_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-            n = tl.load(n_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-
-        # update (in float32)
-        g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(tl.float32) * gm
-        prev = tl.load(neg_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        p = tl.load(p_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        if LOW_PRECISION and PU == _KAHAN:
-            p += tl.load(comp_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        m, v, n, p = adan_update(g, prev, m, v, n, p, betas, eps, a1, a2, c3, keep, pre, post)
-
-        # parameter
-        if LOW_PRECISION and PU == _STOCHASTIC:
-            tl.store(p_ptr + offs, to_bf16_sr(p, r2), mask=mask)
-        elif LOW_PRECISION and PU == _KAHAN:
-            stored = p.to(p_ptr.dtype.element_ty)
-            tl.store(p_ptr + offs, stored, mask=mask)
-            tl.store(comp_ptr + offs, (p - stored.to(tl.float32)).to(comp_ptr.dtype.element_ty), mask=mask)
-        else:
-            tl.store(p_ptr + offs, p.to(p_ptr.dtype.element_ty), mask=mask)
-
-        # encode
-        if FMT == _F32:
-            tl.store(neg_ptr + offs, -g, mask=mask)
-            tl.store(m_ptr + offs, m, mask=mask)
-            tl.store(v_ptr + offs, v, mask=mask)
-            tl.store(n_ptr + offs, n, mask=mask)
-        else:
-            tl.store(neg_ptr + offs, to_bf16_sr(-g, r3), mask=mask)
-        if FMT == _BF16:
-            tl.store(m_ptr + offs, to_bf16_sr(m, r0), mask=mask)
-            tl.store(v_ptr + offs, to_bf16_sr(v, r0 >> 16), mask=mask)
-            tl.store(n_ptr + offs, to_bf16_sr(n, r1), mask=mask)
-        if FMT == _INT8:
-            # Non-finite values stay out of the scales; a non-finite n marks its element's m.
-            okn = tl.abs(n) < float("inf")
-            okm = (tl.abs(m) < float("inf")) & okn
-            okv = tl.abs(v) < float("inf")
-            m = tl.where(okm, m, 0.0)
-            v = tl.where(okv, v, 0.0)
-            n = tl.where(okn, n, 0.0)
-            am = tl.max(tl.where(mask, tl.abs(m), 0.0), axis=0)
-            av = tl.max(tl.where(mask, tl.abs(v), 0.0), axis=0)
-            an = tl.max(tl.where(mask, n, 0.0), axis=0)
-            tl.store(ms_ptr + pid, am)
-            tl.store(vs_ptr + pid, av)
-            tl.store(ns_ptr + pid, an)
-            im = tl.where(am > 0, 1.0 / am, 0.0)
-            iv = tl.where(av > 0, 1.0 / av, 0.0)
-            inn = tl.where(an > 0, 1.0 / an, 0.0)
-            cm = tl.floor(tl.sqrt(tl.abs(m) * im) * 127.0 + 0.5)
-            cv = tl.floor(tl.sqrt(tl.abs(v) * iv) * 127.0 + 0.5)
-            cn = tl.floor(tl.sqrt(tl.sqrt(n * inn)) * 255.0 + 0.5)
-            cn = tl.where((n > 0) & (cn < 1.0), 1.0, cn)
-            tl.store(m_ptr + offs, tl.where(okm, tl.where(m < 0, -cm, cm), _NONFINITE).to(tl.int8), mask=mask)
-            tl.store(v_ptr + offs, tl.where(okv, tl.where(v < 0, -cv, cv), _NONFINITE).to(tl.int8), mask=mask)
-            tl.store(n_ptr + offs, cn.to(tl.uint8), mask=mask)
+_TL_DTYPES = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16,
+              torch.int8: tl.int8, torch.uint8: tl.uint8}  # fmt: skip
 
 
 def launch_compact(
     lists: TensorLists, param_update: str, scalars: Tensor, hp: HParams, generator: Optional[torch.Generator] = None
 ) -> None:
-    """One fused compact-state step over same-device tensors (one launch per tensor)."""
+    """One fused compact-state step over tensors of one device and parameter dtype: one
+    launch per state format (a launch per tensor under CUDA-graph capture)."""
+    by_format: dict[torch.dtype, list[int]] = {}
+    for k, m in enumerate(lists.exp_avgs):
+        by_format.setdefault(m.dtype, []).append(k)
+    if len(by_format) > 1:  # one launch per state format
+        for idx in by_format.values():
+            keep = set(idx)
+            launch_compact(lists.select([k in keep for k in range(len(lists.params))]), param_update, scalars, hp, generator)
+        return
     params = lists.params
     device = params[0].device
     grads = prepare(lists, lists.param_comps)
@@ -147,18 +204,33 @@ def launch_compact(
         generator = None
     seed = torch.randint(0, 2**31 - 1, (1,), dtype=torch.int32, device=device, generator=generator)  # no host sync
     bits = hparam_bits(hp)
-    pu = int(ParamUpdate[param_update.upper()])
+    fmt = format_of(lists.exp_avgs[0])
+    layouts = [block_layout(p.shape) for p in params]
+    n_blocks = [-(-cols // BLOCK) for _, cols in layouts]
+    scales = [lists.state_scales[k] if fmt.scale_keys else (p, p, p) for k, p in enumerate(params)]  # (p: unused)
+    comps = [c if c is not None else p for p, c in zip(params, lists.param_comps or [None] * len(params))]  # (p: unused)
+    slots = [params, grads, lists.exp_avgs, lists.exp_avg_diffs, lists.exp_avg_sqs, lists.neg_pre_grads,
+             *([s[j] for s in scales] for j in range(3)), comps]  # fmt: skip
+    consts = dict(
+        FMT=int(fmt.code), PU=int(ParamUpdate[param_update.upper()]), LOW_PRECISION=params[0].dtype in (torch.bfloat16, torch.float16),
+        NO_PROX=bool(hp.no_prox), BLOCK=BLOCK,
+    )  # fmt: skip
+    if not capturing(device):
+        # A tensor's tiles are its blocks, rows x n_blocks; the table's sizes part carries cols and n_blocks.
+        tiles_per = [rows * nb for (rows, _), nb in zip(layouts, n_blocks)]
+        table, tiles = pointer_tables(slots, tiles_per, 1, device, extra=[c for _, c in layouts] + n_blocks)
+        if tiles.numel():
+            dtypes = dict(P_DT=_TL_DTYPES[params[0].dtype], S_DT=_TL_DTYPES[lists.exp_avgs[0].dtype],
+                          N_DT=_TL_DTYPES[lists.exp_avg_sqs[0].dtype], NEG_DT=_TL_DTYPES[lists.neg_pre_grads[0].dtype],
+                          SCALE_DT=tl.float32)  # fmt: skip
+            _adan_compact_table_kernel[(tiles.numel() // 2,)](
+                table, tiles, coefs, scalars, seed, len(params), *bits, **dtypes, **consts
+            )
+        return
     for k, p in enumerate(params):
-        rows, cols = block_layout(p.shape)
-        n_blocks = -(-cols // BLOCK)
-        if rows * n_blocks == 0:
+        rows, cols = layouts[k]
+        if rows * n_blocks[k] == 0:
             continue
-        fmt = format_of(lists.exp_avgs[k])
-        ms, vs, ns = lists.state_scales[k] if fmt.scale_keys else (scalars, scalars, scalars)  # unused placeholders
-        comp = lists.param_comps[k] if lists.param_comps is not None and lists.param_comps[k] is not None else p
-        low = p.dtype in (torch.bfloat16, torch.float16)
-        _adan_compact_kernel[(rows * n_blocks,)](
-            p, grads[k], lists.exp_avgs[k], lists.exp_avg_diffs[k], lists.exp_avg_sqs[k], lists.neg_pre_grads[k],
-            ms, vs, ns, comp, coefs[k], scalars, seed, cols, n_blocks, *bits,
-            FMT=int(fmt.code), PU=pu, LOW_PRECISION=low, NO_PROX=bool(hp.no_prox), BLOCK=BLOCK,
-        )  # fmt: skip
+        _adan_compact_kernel[(rows * n_blocks[k],)](
+            *(slot[k] for slot in slots), coefs[k], scalars, seed, cols, n_blocks[k], *bits, **consts
+        )

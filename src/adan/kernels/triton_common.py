@@ -68,15 +68,17 @@ def capturing(device: torch.device) -> bool:
 _TILES: dict[tuple, Tensor] = {}  # (device, tile size, sizes) -> tiles; a few buckets' worth
 
 
-def pointer_tables(slots: list[list[Tensor]], numels: list[int], tile: int, device: torch.device) -> tuple[Tensor, Tensor]:
+def pointer_tables(
+    slots: list[list[Tensor]], numels: list[int], tile: int, device: torch.device, extra: Optional[list[int]] = None
+) -> tuple[Tensor, Tensor]:
     """``(table, tiles)`` on ``device`` for one launch over a bucket. ``table``: the data
-    pointers of every slot (a row of ``len(numels)`` per slot), then the sizes. ``tiles``:
-    ``(tensor index, first element)`` per program of ``tile`` elements, empty tensors
-    skipped. The pointers change every step (gradients are new tensors) and travel in one
-    copy from pinned memory, without a host sync; the tiles depend only on the sizes and
-    are kept."""
-    host = torch.tensor([t.data_ptr() for slot in slots for t in slot] + numels, dtype=torch.int64,
-                        pin_memory=device.type == "cuda")  # fmt: skip
+    pointers of every slot (a row of ``len(numels)`` per slot), then ``extra`` if given, else
+    the sizes. ``tiles``: ``(tensor index, first element)`` per program of ``tile``
+    elements, empty tensors skipped. The pointers change every step (gradients are new
+    tensors) and travel in one copy from pinned memory, without a host sync; the tiles
+    depend only on the sizes and are kept."""
+    host = torch.tensor([t.data_ptr() for slot in slots for t in slot] + (numels if extra is None else extra),
+                        dtype=torch.int64, pin_memory=device.type == "cuda")  # fmt: skip
     table = host.to(device, non_blocking=True)
     key = (device, tile, tuple(numels))
     tiles = _TILES.get(key)
