@@ -3,8 +3,9 @@ r"""Functional Adan: :func:`adan` and the paths behind it.
 The layout follows ``torch/optim/adamw.py``: :func:`adan` dispatches to
 ``_single_tensor_adan`` (a per-tensor loop of in-place ops), ``_multi_tensor_adan``
 (``torch._foreach_*`` over device/dtype buckets) or ``_fused_adan`` (one kernel pass,
-:mod:`adan._fused`). All take the same arguments and implement the same update (code
-convention, see :mod:`adan.reference` for the paper's)::
+:mod:`adan._fused`). All take the tensors by name (:class:`adan._lists.TensorLists`), the
+hyper-parameters (:class:`adan._maths.HParams`) and the options of the step, and implement the
+same update (code convention, see :mod:`adan.reference` for the paper's)::
 
     g     = clip * grad                   (-clip * grad with maximize=True)
     d     = g - g'                        (g' = g at the first step)
@@ -24,7 +25,7 @@ keep float32 moments and are updated with float32 maths on every path.
 
 from __future__ import annotations
 
-from typing import Optional, Union
+from typing import NamedTuple, Optional, Union
 
 import torch
 from torch import Tensor
@@ -185,10 +186,10 @@ def _chunks(tensors: tuple[Tensor, ...]):
         yield tuple(f[start : start + _CHUNK] for f in flat)
 
 
-def _check_shapes(params, grads, exp_avgs, exp_avg_sqs, exp_avg_diffs, neg_pre_grads, state_scales, param_comps) -> None:
-    named = (("grad", grads), ("exp_avg", exp_avgs), ("exp_avg_diff", exp_avg_diffs), ("exp_avg_sq", exp_avg_sqs),
-             ("neg_pre_grad", neg_pre_grads), ("param_comp", param_comps))  # fmt: skip
-    check_state_shapes(params, named, state_scales, _compact.scale_shape)
+def _check_shapes(lists: TensorLists) -> None:
+    named = (("grad", lists.grads), ("exp_avg", lists.exp_avgs), ("exp_avg_diff", lists.exp_avg_diffs),
+             ("exp_avg_sq", lists.exp_avg_sqs), ("neg_pre_grad", lists.neg_pre_grads), ("param_comp", lists.param_comps))  # fmt: skip
+    check_state_shapes(lists.params, named, lists.state_scales, _compact.scale_shape)
 
 
 def _per_tensor(lists, coefs: tuple[Tensor, ...], fresh: Optional[list[bool]], indices, kwargs) -> None:
@@ -268,106 +269,60 @@ def _compact_slice(p, g, m, v, n, neg, comp, scales, first, coefs, scale, param_
         _compact.write_param(p, p32, param_update, comp, generator)
 
 
-def _single_tensor_adan(
-    params: list[Tensor],
-    grads: list[Tensor],
-    exp_avgs: list[Tensor],
-    exp_avg_sqs: list[Tensor],
-    exp_avg_diffs: list[Tensor],
-    neg_pre_grads: list[Tensor],
-    state_steps: list[Tensor],
-    *,
-    clip_coef: Optional[Tensor],
-    beta1: float,
-    beta2: float,
-    beta3: float,
-    lr: LR,
-    weight_decay: float,
-    eps: float,
-    no_prox: bool,
-    maximize: bool,
-    capturable: bool,
-    state_scales: Optional[list[Optional[tuple[Tensor, Tensor, Tensor]]]] = None,
-    param_comps: Optional[list[Optional[Tensor]]] = None,
-    param_update: str = "nearest",
-    generator: Optional[torch.Generator] = None,
-) -> None:
-    if not params:
-        return
-    _check_shapes(params, grads, exp_avgs, exp_avg_sqs, exp_avg_diffs, neg_pre_grads, state_scales, param_comps)
-    kwargs = dict(scale=_grad_scale(clip_coef, maximize), beta1=beta1, beta2=beta2, beta3=beta3, eps=eps,
-                  lr=lr, weight_decay=weight_decay, no_prox=no_prox)  # fmt: skip
-    lists = TensorLists(params, grads, exp_avgs, exp_avg_diffs, exp_avg_sqs, neg_pre_grads, state_steps, state_scales, param_comps)
-    for part, compact in zip(lists.split_compact(param_update), (True, False)):
+class _Options(NamedTuple):
+    """What a path takes besides the tensors and the hyper-parameters."""
+
+    lr: LR
+    clip_coef: Optional[Tensor]
+    maximize: bool
+    param_update: str
+    generator: Optional[torch.Generator]
+    grad_scale: Optional[Tensor] = None  # fused only
+    found_inf: Optional[Tensor] = None  # fused only
+
+
+def _lists_kwargs(hp: HParams, opts: _Options) -> dict:
+    return dict(scale=_grad_scale(opts.clip_coef, opts.maximize), lr=opts.lr, **hp._asdict())
+
+
+def _single_tensor_adan(lists: TensorLists, hp: HParams, opts: _Options) -> None:
+    """A per-tensor loop of in-place ops (slice by slice on the CPU)."""
+    kwargs = _lists_kwargs(hp, opts)
+    for part, compact in zip(lists.split_compact(opts.param_update), (True, False)):
         if not part.params:
             continue
         _increment(part.state_steps)
-        coefs, fresh = _step_coefficients(part.state_steps, lr, beta1, beta2, beta3)
+        coefs, fresh = _step_coefficients(part.state_steps, opts.lr, hp.beta1, hp.beta2, hp.beta3)
         if compact:
-            _per_tensor_compact(part, param_update, generator, coefs, kwargs)
+            _per_tensor_compact(part, opts.param_update, opts.generator, coefs, kwargs)
         else:
             _per_tensor(part.dense[:6], coefs, fresh, range(len(part.params)), kwargs)
 
 
-def _multi_tensor_adan(
-    params: list[Tensor],
-    grads: list[Tensor],
-    exp_avgs: list[Tensor],
-    exp_avg_sqs: list[Tensor],
-    exp_avg_diffs: list[Tensor],
-    neg_pre_grads: list[Tensor],
-    state_steps: list[Tensor],
-    *,
-    clip_coef: Optional[Tensor],
-    beta1: float,
-    beta2: float,
-    beta3: float,
-    lr: LR,
-    weight_decay: float,
-    eps: float,
-    no_prox: bool,
-    maximize: bool,
-    capturable: bool,
-    state_scales: Optional[list[Optional[tuple[Tensor, Tensor, Tensor]]]] = None,
-    param_comps: Optional[list[Optional[Tensor]]] = None,
-    param_update: str = "nearest",
-    generator: Optional[torch.Generator] = None,
-) -> None:
-    if not params:
+def _multi_tensor_adan(lists: TensorLists, hp: HParams, opts: _Options) -> None:
+    """``torch._foreach_*`` ops over device/dtype buckets (compact state tensor by tensor)."""
+    compact, rest = lists.split_compact(opts.param_update)
+    if compact.params:
+        _single_tensor_adan(compact, hp, opts)
+    if not rest.params:
         return
-    _check_shapes(params, grads, exp_avgs, exp_avg_sqs, exp_avg_diffs, neg_pre_grads, state_scales, param_comps)
-    lists = TensorLists(params, grads, exp_avgs, exp_avg_diffs, exp_avg_sqs, neg_pre_grads, state_steps, state_scales, param_comps)
-    compact, rest = lists.split_compact(param_update)
-    if compact.params:  # compact formats are updated tensor by tensor; the rest below
-        _single_tensor_adan(
-            compact.params, compact.grads, compact.exp_avgs, compact.exp_avg_sqs, compact.exp_avg_diffs,
-            compact.neg_pre_grads, compact.state_steps, clip_coef=clip_coef, beta1=beta1, beta2=beta2, beta3=beta3, lr=lr,
-            weight_decay=weight_decay, eps=eps, no_prox=no_prox, maximize=maximize, capturable=capturable,
-            state_scales=compact.state_scales, param_comps=compact.param_comps, param_update=param_update, generator=generator,
-        )  # fmt: skip
-    params, grads, exp_avgs, exp_avg_diffs, exp_avg_sqs, neg_pre_grads, state_steps = rest.dense
-    if not params:
-        return
-    buckets = Optimizer._group_tensors_by_device_and_dtype(
-        [params, grads, exp_avgs, exp_avg_diffs, exp_avg_sqs, neg_pre_grads, state_steps]
-    )
-    kwargs = dict(scale=_grad_scale(clip_coef, maximize), beta1=beta1, beta2=beta2, beta3=beta3, eps=eps,
-                  lr=lr, weight_decay=weight_decay, no_prox=no_prox)  # fmt: skip
-    for (*lists, steps), _ in buckets.values():
+    buckets = Optimizer._group_tensors_by_device_and_dtype(list(rest.dense))
+    kwargs = _lists_kwargs(hp, opts)
+    for (*tensors, steps), _ in buckets.values():
         _increment(steps)
-        coefs, fresh = _step_coefficients(steps, lr, beta1, beta2, beta3)
-        if lists[0][0].device.type != "cpu" or torch.compiler.is_compiling():
-            _adan_lists(*lists, coefs, fresh=fresh, **kwargs)
+        coefs, fresh = _step_coefficients(steps, opts.lr, hp.beta1, hp.beta2, hp.beta3)
+        if tensors[0][0].device.type != "cpu" or torch.compiler.is_compiling():
+            _adan_lists(*tensors, coefs, fresh=fresh, **kwargs)
             continue
         # On the CPU, work in cache-sized pieces: a large tensor slice by slice, small
         # ones in foreach batches of about _CHUNK elements.
-        numels = [t.numel() for t in lists[0]]
-        _per_tensor(lists, coefs, fresh, [i for i, k in enumerate(numels) if k > _CHUNK], kwargs)
+        numels = [t.numel() for t in tensors[0]]
+        _per_tensor(tensors, coefs, fresh, [i for i, k in enumerate(numels) if k > _CHUNK], kwargs)
         batch, size = [], 0
         for i, k in enumerate(numels + [_CHUNK + 1]):  # a sentinel flushes the last batch
             if batch and (size + k > _CHUNK or i == len(numels)):
                 idx = torch.tensor(batch)
-                part = [[lst[j] for j in batch] for lst in lists]
+                part = [[lst[j] for j in batch] for lst in tensors]
                 part_fresh = None if fresh is None else [fresh[j] for j in batch]
                 _adan_lists(*part, tuple(c[idx] for c in coefs), fresh=part_fresh, **kwargs)
                 batch, size = [], 0
@@ -376,56 +331,24 @@ def _multi_tensor_adan(
                 size += k
 
 
-def _fused_adan(
-    params: list[Tensor],
-    grads: list[Tensor],
-    exp_avgs: list[Tensor],
-    exp_avg_sqs: list[Tensor],
-    exp_avg_diffs: list[Tensor],
-    neg_pre_grads: list[Tensor],
-    state_steps: list[Tensor],
-    *,
-    clip_coef: Optional[Tensor],
-    beta1: float,
-    beta2: float,
-    beta3: float,
-    lr: LR,
-    weight_decay: float,
-    eps: float,
-    no_prox: bool,
-    maximize: bool,
-    capturable: bool,
-    grad_scale: Optional[Tensor] = None,
-    found_inf: Optional[Tensor] = None,
-    state_scales: Optional[list] = None,
-    param_comps: Optional[list] = None,
-    param_update: str = "nearest",
-    generator: Optional[torch.Generator] = None,
-) -> None:
+def _fused_adan(lists: TensorLists, hp: HParams, opts: _Options) -> None:
     """The fused path: full-precision state through :func:`adan._fused.fused_full`; compact
     state through the compact kernels where they run, else (under ``torch.compile``, or on
     CUDA without Triton) through the torch ops of the single-tensor path, which trace."""
-    if not params:
-        return
-    scalars = _fused.scalars_of(lr, clip_coef, maximize, grad_scale, found_inf, params[0].device)
-    hp = HParams(beta1, beta2, beta3, eps, weight_decay, no_prox)
-    lists = TensorLists(params, grads, exp_avgs, exp_avg_diffs, exp_avg_sqs, neg_pre_grads, state_steps, state_scales, param_comps)
-    compact, rest = lists.split_compact(param_update)
+    device = lists.params[0].device
+    scalars = _fused.scalars_of(opts.lr, opts.clip_coef, opts.maximize, opts.grad_scale, opts.found_inf, device)
+    compact, rest = lists.split_compact(opts.param_update)
     if compact.params:
         if _fused.compact_kernels_run(compact.params):
-            _fused.fused_compact(compact, param_update, scalars, hp, generator=generator)
-        elif grad_scale is not None or found_inf is not None:
+            _fused.fused_compact(compact, opts.param_update, scalars, hp, generator=opts.generator)
+        elif opts.grad_scale is not None or opts.found_inf is not None:
             raise RuntimeError(
                 "fused Adan: compact state (state_dtype != 'float32' or param_update != 'nearest') with a GradScaler "
                 "is supported by the fused kernels in eager mode only"
             )
         else:  # the multiplier folds the clip factor and the maximize sign, as the kernels take it
-            _single_tensor_adan(
-                compact.params, compact.grads, compact.exp_avgs, compact.exp_avg_sqs, compact.exp_avg_diffs,
-                compact.neg_pre_grads, compact.state_steps, clip_coef=scalars[1], beta1=beta1, beta2=beta2, beta3=beta3,
-                lr=scalars[0], weight_decay=weight_decay, eps=eps, no_prox=no_prox, maximize=False, capturable=False,
-                state_scales=compact.state_scales, param_comps=compact.param_comps, param_update=param_update, generator=generator,
-            )  # fmt: skip
+            _check_shapes(compact)
+            _single_tensor_adan(compact, hp, opts._replace(lr=scalars[0], clip_coef=scalars[1], maximize=False))
     if rest.params:
         _fused.fused_full(rest, scalars, hp)
 
@@ -510,33 +433,12 @@ def adan(
     if torch.is_tensor(lr) and lr.dim() != 0:  # any one-element lr, as torch.optim takes it
         lr = lr.reshape(())
     foreach, fused = _resolve_path(params, foreach, fused)
-    if fused:
-        func = _fused_adan
-    else:
-        if grad_scale is not None or found_inf is not None:
-            raise RuntimeError("grad_scale and found_inf are supported by the fused path only")
-        func = _multi_tensor_adan if foreach else _single_tensor_adan
-    func(
-        params,
-        grads,
-        exp_avgs,
-        exp_avg_sqs,
-        exp_avg_diffs,
-        neg_pre_grads,
-        state_steps,
-        clip_coef=clip_coef,
-        beta1=beta1,
-        beta2=beta2,
-        beta3=beta3,
-        lr=lr,
-        weight_decay=weight_decay,
-        eps=eps,
-        no_prox=no_prox,
-        maximize=maximize,
-        capturable=capturable,
-        state_scales=state_scales,
-        param_comps=param_comps,
-        param_update=param_update,
-        generator=generator,
-        **({"grad_scale": grad_scale, "found_inf": found_inf} if fused else {}),
-    )
+    if not fused and (grad_scale is not None or found_inf is not None):
+        raise RuntimeError("grad_scale and found_inf are supported by the fused path only")
+    lists = TensorLists(params, grads, exp_avgs, exp_avg_diffs, exp_avg_sqs, neg_pre_grads, state_steps, state_scales, param_comps)
+    if not fused:  # (the fused launchers check once per memory layout)
+        _check_shapes(lists)
+    hp = HParams(beta1, beta2, beta3, eps, weight_decay, no_prox)
+    opts = _Options(lr, clip_coef, maximize, param_update, generator, grad_scale, found_inf)
+    path = _fused_adan if fused else _multi_tensor_adan if foreach else _single_tensor_adan
+    path(lists, hp, opts)

@@ -98,24 +98,9 @@ def grad_multiplier(
     return mult
 
 
-def _fused_impl(
-    params: list[Tensor],
-    grads: list[Tensor],
-    exp_avgs: list[Tensor],
-    exp_avg_diffs: list[Tensor],
-    exp_avg_sqs: list[Tensor],
-    neg_pre_grads: list[Tensor],
-    state_steps: list[Tensor],
-    scalars: Tensor,
-    beta1: float,
-    beta2: float,
-    beta3: float,
-    eps: float,
-    weight_decay: float,
-    no_prox: bool,
-) -> None:
-    lists = TensorLists(params, grads, exp_avgs, exp_avg_diffs, exp_avg_sqs, neg_pre_grads, state_steps)
-    hp = HParams(beta1, beta2, beta3, eps, weight_decay, no_prox)
+def _fused_impl(lists: TensorLists, scalars: Tensor, hp: HParams) -> None:
+    """One launch per (device, parameter dtype) bucket, by the device's backend."""
+    params = lists.params
     if len({p.dtype for p in params}) == 1 and params[0].device.type == "cpu":
         buckets = [(lists, params[0].device)]  # the common case, without grouping costs
     else:
@@ -148,21 +133,18 @@ def _fused_op(
     weight_decay: float,
     no_prox: bool,
 ) -> None:
-    """One fused Adan step, in place (see ``adan/kernels/adan_cpu.c`` for the maths)."""
-    _fused_impl(
-        params, grads, exp_avgs, exp_avg_diffs, exp_avg_sqs, neg_pre_grads, state_steps,
-        scalars, beta1, beta2, beta3, eps, weight_decay, no_prox,
-    )  # fmt: skip
+    """One fused Adan step, in place (see ``adan/kernels/adan_math.h`` for the maths)."""
+    lists = TensorLists(params, grads, exp_avgs, exp_avg_diffs, exp_avg_sqs, neg_pre_grads, state_steps)
+    _fused_impl(lists, scalars, HParams(beta1, beta2, beta3, eps, weight_decay, no_prox))
 
 
 def fused_full(lists: TensorLists, scalars: Tensor, hp: HParams) -> None:
     """The fused step of full-precision state: the kernels directly in eager mode, the custom
     op ``adan::fused_adan_`` under ``torch.compile``."""
-    args = (*lists.dense, scalars, *hp)
     if torch.compiler.is_compiling():
-        torch.ops.adan.fused_adan_(*args)
+        torch.ops.adan.fused_adan_(*lists.dense, scalars, *hp)
     else:
-        _fused_impl(*args)
+        _fused_impl(lists, scalars, hp)
 
 
 def compact_kernels_run(params: list[Tensor]) -> bool:

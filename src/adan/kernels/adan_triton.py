@@ -20,7 +20,7 @@ from torch import Tensor
 from adan._lists import TensorLists
 from adan._maths import HParams
 from adan.kernels.triton_common import (
-    adan_update, capturing, hparam_bits, pointer_tables, prepare, step_coefficients, step_scalars,
+    adan_update, capturing, hparam_bits, pointer_tables, prepare, table_pointer, step_coefficients, step_scalars,
 )  # fmt: skip
 
 __all__ = ["launch_full"]
@@ -84,12 +84,12 @@ def _adan_table_kernel(
         offs = tl.load(tiles_ptr + 2 * pid + 1) + tl.arange(0, BLOCK)
         mask = offs < tl.load(table_ptr + 6 * n_tensors + k)
         _update_block(
-            tl.load(table_ptr + k).to(tl.pointer_type(P_DT)),
-            tl.load(table_ptr + n_tensors + k).to(tl.pointer_type(P_DT)),
-            tl.load(table_ptr + 2 * n_tensors + k).to(tl.pointer_type(S_DT)),
-            tl.load(table_ptr + 3 * n_tensors + k).to(tl.pointer_type(S_DT)),
-            tl.load(table_ptr + 4 * n_tensors + k).to(tl.pointer_type(S_DT)),
-            tl.load(table_ptr + 5 * n_tensors + k).to(tl.pointer_type(S_DT)),
+            table_pointer(table_ptr, n_tensors, k, 0, P_DT),
+            table_pointer(table_ptr, n_tensors, k, 1, P_DT),
+            table_pointer(table_ptr, n_tensors, k, 2, S_DT),
+            table_pointer(table_ptr, n_tensors, k, 3, S_DT),
+            table_pointer(table_ptr, n_tensors, k, 4, S_DT),
+            table_pointer(table_ptr, n_tensors, k, 5, S_DT),
             coefs_ptr + 4 * k, scalars_ptr, offs, mask,
             b1_bits, b2_bits, b3_bits, eps_bits, wd_bits, NO_PROX, tl.float64 if COMPUTE_F64 else tl.float32,
         )  # fmt: skip

@@ -28,7 +28,7 @@ from adan._formats import format_of
 from adan._lists import TensorLists
 from adan._maths import HParams
 from adan.kernels.triton_common import (
-    adan_update, capturing, hparam_bits, pointer_tables, prepare, step_coefficients, step_scalars, to_bf16_sr,
+    adan_update, capturing, hparam_bits, pointer_tables, prepare, table_pointer, step_coefficients, step_scalars, to_bf16_sr,
 )  # fmt: skip
 
 __all__ = ["launch_compact"]
@@ -161,16 +161,16 @@ def _adan_compact_table_kernel(
         pid = tl.program_id(0).to(tl.int64)
         k = tl.load(tiles_ptr + 2 * pid)
         _compact_block(
-            tl.load(table_ptr + k).to(tl.pointer_type(P_DT)),
-            tl.load(table_ptr + n_tensors + k).to(tl.pointer_type(P_DT)),
-            tl.load(table_ptr + 2 * n_tensors + k).to(tl.pointer_type(S_DT)),
-            tl.load(table_ptr + 3 * n_tensors + k).to(tl.pointer_type(S_DT)),
-            tl.load(table_ptr + 4 * n_tensors + k).to(tl.pointer_type(N_DT)),
-            tl.load(table_ptr + 5 * n_tensors + k).to(tl.pointer_type(NEG_DT)),
-            tl.load(table_ptr + 6 * n_tensors + k).to(tl.pointer_type(SCALE_DT)),
-            tl.load(table_ptr + 7 * n_tensors + k).to(tl.pointer_type(SCALE_DT)),
-            tl.load(table_ptr + 8 * n_tensors + k).to(tl.pointer_type(SCALE_DT)),
-            tl.load(table_ptr + 9 * n_tensors + k).to(tl.pointer_type(P_DT)),
+            table_pointer(table_ptr, n_tensors, k, 0, P_DT),
+            table_pointer(table_ptr, n_tensors, k, 1, P_DT),
+            table_pointer(table_ptr, n_tensors, k, 2, S_DT),
+            table_pointer(table_ptr, n_tensors, k, 3, S_DT),
+            table_pointer(table_ptr, n_tensors, k, 4, N_DT),
+            table_pointer(table_ptr, n_tensors, k, 5, NEG_DT),
+            table_pointer(table_ptr, n_tensors, k, 6, SCALE_DT),
+            table_pointer(table_ptr, n_tensors, k, 7, SCALE_DT),
+            table_pointer(table_ptr, n_tensors, k, 8, SCALE_DT),
+            table_pointer(table_ptr, n_tensors, k, 9, P_DT),
             coefs_ptr + 4 * k, scalars_ptr, seed_ptr, tl.load(tiles_ptr + 2 * pid + 1),
             tl.load(table_ptr + 10 * n_tensors + k), tl.load(table_ptr + 11 * n_tensors + k),
             b1_bits, b2_bits, b3_bits, eps_bits, wd_bits, FMT, PU, LOW_PRECISION, NO_PROX, BLOCK,

@@ -22,7 +22,7 @@ from adan._lists import TensorLists
 from adan._maths import HParams, bias_corrections
 
 __all__ = [
-    "hparam_bits", "step_coefficients", "prepare", "capturing", "pointer_tables", "step_scalars", "adan_update", "to_bf16_sr",
+    "hparam_bits", "step_coefficients", "prepare", "capturing", "pointer_tables", "table_pointer", "step_scalars", "adan_update", "to_bf16_sr",
 ]  # fmt: skip
 
 
@@ -92,6 +92,12 @@ def pointer_tables(
             _TILES.pop(next(iter(_TILES)))
         _TILES[key] = tiles
     return table, tiles
+
+
+@triton.jit
+def table_pointer(table_ptr, n_tensors, k, slot: tl.constexpr, DT: tl.constexpr):
+    """Tensor ``k``'s data pointer in row ``slot`` of a pointer table, typed ``DT``."""
+    return tl.load(table_ptr + slot * n_tensors + k).to(tl.pointer_type(DT))
 
 
 @triton.jit
