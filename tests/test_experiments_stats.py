@@ -70,6 +70,9 @@ def test_ratio_ci():
     assert r == pytest.approx(250 / 501) and lo < 0.5 < hi and hi < 0.6
     r, lo, hi = stats.ratio_ci([50, None, 40], [100, 90, None])  # only one pair reached
     assert r == 0.5 and math.isnan(lo)
+    r, lo, hi = stats.ratio_ci([50, 60, None], [100, 100, 90])  # two pairs: a ratio, no interval
+    assert r == pytest.approx(110 / 200) and math.isnan(lo) and math.isnan(hi)
+    assert math.isnan(stats.ratio_ci([None], [1.0])[0])
 
 
 # ------------------------------------------------------------------ protocol
@@ -122,3 +125,15 @@ def test_selection_by_time_to_target_then_best_value():
     assert select(records, None, True) == 2  # no target: best value
     assert select(records[3:] + records[:1], 0.8, True) == 1  # one that reaches beats one that does not
     assert select([_record([0.1]), _record([float("nan")], best=float("nan"))], 0.5, True) == 0
+
+
+def test_budget_claim_without_an_interval_has_no_verdict():
+    from adan.experiments.report import _claims
+
+    lines: list[str] = []
+    claims = {"budget": [("w2", stats.ratio_ci([60, 62, None, None, None], [50, 50, 51, 49, 50]), 2, 5, 5),
+                         ("w5", stats.ratio_ci([60, 62, 61, 60, 59], [50, 50, 51, 49, 50]), 5, 5, 5)]}  # fmt: skip
+    _claims(lines, claims)
+    text = "\n".join(lines)
+    assert "w2: ratio 1.22 over fewer than 3 seed pairs" in text and "no interval, no verdict" in text
+    assert "w5: ratio 1.21 [" in text and "slower than AdamW" in text

@@ -43,7 +43,7 @@ def _ratio(r: tuple[float, float, float]) -> str:
     mean, lo, hi = r
     if mean != mean:
         return "–"
-    return f"{mean:.3g} [{lo:.3g}, {hi:.3g}]" if lo == lo else f"{mean:.3g} (one seed pair: no interval)"
+    return f"{mean:.3g} [{lo:.3g}, {hi:.3g}]" if lo == lo else f"{mean:.3g} (under {stats.MIN_RATIO_PAIRS} seed pairs: no interval)"
 
 
 def _plt():
@@ -254,6 +254,10 @@ def _claims(lines: list[str], claims: dict) -> None:
         for key, (r, lo, hi), na, nb, n in claims["budget"]:
             if r != r:
                 lines.append(f"- {key}: Adan reached the target in {na}/{n} seeds, AdamW in {nb}/{n}: no ratio")
+                continue
+            if lo != lo:  # no interval: no verdict
+                lines.append(f"- {key}: ratio {r:.3g} over fewer than {stats.MIN_RATIO_PAIRS} seed pairs (Adan reached the "
+                             f"target in {na}/{n} seeds, AdamW in {nb}/{n}): no interval, no verdict")  # fmt: skip
                 continue
             word = ("consistent with half" if lo <= 0.5 <= hi else "faster than AdamW, but not by half" if hi < 1 and lo > 0.5
                     else "at most half" if hi < 0.5 else "no detectable speed-up" if lo <= 1 <= hi else "slower than AdamW")  # fmt: skip

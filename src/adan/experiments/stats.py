@@ -98,15 +98,21 @@ def verdict(low: float, high: float, higher_is_better: bool) -> str:
     return SAME
 
 
+MIN_RATIO_PAIRS = 3  # seed pairs that both reached the target, for a bootstrap interval
+
+
 def ratio_ci(
     a: Sequence[Optional[float]], b: Sequence[Optional[float]], level: float = 0.95, n_boot: int = 10000, seed: int = 0
 ) -> tuple[float, float, float]:
     """``mean(a) / mean(b)`` over the seeds where both are known, with a paired bootstrap
-    percentile interval (``nan`` when fewer than two pairs)."""
-    pairs = np.array([(x, y) for x, y in zip(a, b) if x is not None and y is not None], dtype=float)
-    if len(pairs) < 2:
-        return (float(pairs[0, 0] / pairs[0, 1]) if len(pairs) == 1 else float("nan")), float("nan"), float("nan")
+    percentile interval (``nan`` with fewer than :data:`MIN_RATIO_PAIRS` pairs: two pairs
+    have three distinct resamples, whose spread is no interval at all)."""
+    pairs = np.array([(x, y) for x, y in zip(a, b) if x is not None and y is not None], dtype=float).reshape(-1, 2)
+    if len(pairs) == 0:
+        return float("nan"), float("nan"), float("nan")
     ratio = float(pairs[:, 0].mean() / pairs[:, 1].mean())
+    if len(pairs) < MIN_RATIO_PAIRS:
+        return ratio, float("nan"), float("nan")
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, len(pairs), size=(n_boot, len(pairs)))
     boot = pairs[idx, 0].mean(axis=1) / pairs[idx, 1].mean(axis=1)
