@@ -76,6 +76,21 @@ def check_compact(fmt) -> str:
     return f"{fmt} state: Triton vs CPU kernel, relative error {err:.1e}"
 
 
+def check_one_launch_per_bucket(fmt) -> str:
+    """300 tiny and odd-sized tensors: the Triton kernels' one launch per bucket (pointer and
+    tile tables) against the single-tensor path (float32) or the CPU compact kernel."""
+    shapes = tuple((k % 37 + 1, k % 5 + 1) if k % 3 else (k * 7 + 1,) for k in range(300))
+    kw = dict(lr=1e-2, weight_decay=0.02, state_dtype=fmt)
+    cuda, _ = _run(kw, torch.float32, "cuda", shapes=shapes, fused=True)
+    if fmt == "float32":
+        other, _ = _run(kw, torch.float32, "cuda", shapes=shapes, foreach=False)
+    else:
+        other, _ = _run(kw, torch.float32, "cpu", shapes=shapes, fused=True)
+    err = max(((a.cpu() - b.cpu()).norm() / b.cpu().norm()).item() for a, b in zip(cuda, other))
+    assert err < {"float32": 1e-5, "bfloat16": 2e-3}.get(fmt, 2e-4), err
+    return f"{len(shapes)} tensors, {fmt} state: relative error {err:.1e}"
+
+
 def check_grad_scaler() -> str:
     ps = _params(((128, 128),), torch.float32, "cuda")
     opt = Adan(ps, lr=1e-2, fused=True)
@@ -193,6 +208,8 @@ def main() -> int:
         _check(f"fused parity {dtype}", lambda d=dtype: check_fused_parity(d), results)
     for fmt in ("bfloat16", "int8"):
         _check(f"compact {fmt}", lambda f=fmt: check_compact(f), results)
+    for fmt in ("float32", "bfloat16", "int8"):
+        _check(f"one launch per bucket, {fmt}", lambda f=fmt: check_one_launch_per_bucket(f), results)
     _check("GradScaler inf skip", check_grad_scaler, results)
     _check("capturable under CUDA graphs", check_cuda_graph, results)
     _check("torch.compile", check_compile, results)
