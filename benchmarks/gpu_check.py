@@ -79,7 +79,7 @@ def check_compact(fmt) -> str:
 def check_one_launch_per_bucket(fmt) -> str:
     """300 tiny and odd-sized tensors: the Triton kernels' one launch per bucket (pointer and
     tile tables) against the single-tensor path (float32) or the CPU compact kernel."""
-    shapes = tuple((k % 37 + 1, k % 5 + 1) if k % 3 else (k * 7 + 1,) for k in range(300))
+    shapes = tuple((k % 37 + 1, k % 5 + 1) if k % 3 else (k * 7 + 1,) for k in range(300)) + ((64, 300), (33, 257))  # int8-eligible
     kw = dict(lr=1e-2, weight_decay=0.02, state_dtype=fmt)
     cuda, _ = _run(kw, torch.float32, "cuda", shapes=shapes, fused=True)
     if fmt == "float32":
