@@ -24,7 +24,7 @@ import torch
 
 from adan.kernels import cpu
 
-__all__ = ["Backend", "BACKENDS", "register", "get", "available", "unavailable_reason"]
+__all__ = ["Backend", "BACKENDS", "register", "get", "device_type_of", "available", "unavailable_reason"]
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,15 @@ def register(backend: Backend) -> Backend:
 
 def get(device: torch.device) -> Optional[Backend]:
     return BACKENDS.get(device.type)
+
+
+def device_type_of(tensors: list[torch.Tensor]) -> Optional[str]:
+    """The one device type of ``tensors``, or ``None`` if they mix types. Cheap for CPU
+    tensors (``is_cpu``; ``.device`` makes an object per tensor): this runs every step."""
+    if {t.is_cpu for t in tensors} == {True}:
+        return "cpu"
+    types = {t.device.type for t in tensors}
+    return types.pop() if len(types) == 1 else None
 
 
 def available(device: torch.device) -> bool:

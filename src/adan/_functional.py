@@ -368,8 +368,7 @@ def _fused_suits(params: list[Tensor]) -> bool:
     return (
         {type(p) for p in params} <= _PLAIN_SET
         and {p.dtype for p in params} <= _FUSED_DTYPES
-        and len(types := {p.device.type for p in params}) == 1
-        and types <= _backends.BACKENDS.keys()
+        and _backends.device_type_of(params) in _backends.BACKENDS
         and all([p.is_contiguous() for p in params])
     )
 

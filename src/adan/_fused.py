@@ -152,8 +152,7 @@ def compact_kernels_run(params: list[Tensor]) -> bool:
     backend has a compact kernel that runs here)."""
     if torch.compiler.is_compiling():
         return False
-    types = {p.device.type for p in params}
-    backend = _backends.BACKENDS.get(types.pop()) if len(types) == 1 else None
+    backend = _backends.BACKENDS.get(_backends.device_type_of(params))
     return backend is not None and backend.launch_compact is not None and backend.is_available()
 
 
