@@ -382,3 +382,45 @@ def test_switching_param_update_to_kahan_mid_training(path):
     _train(opt, model, 2, dtype=torch.bfloat16)
     assert opt.state[model[0].weight]["param_comp"].dtype == torch.bfloat16
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+@pytest.mark.skipif(not fused_available("cpu"), reason="no C compiler")
+def test_fused_bfloat16_state_rounding_is_unbiased_and_thread_independent():
+    """The C kernel's stochastic rounding of every bfloat16 buffer (m, v, n and the previous
+    gradient, which share rounding bits per element) is unbiased: over 2^20 elements holding
+    the same value between two bfloat16 neighbours, the mean of the stored values is the
+    float32 value within 6 standard errors (rounding to nearest would miss by up to half a
+    spacing, 3e2 standard errors), and both neighbours occur. The bits do not depend on the
+    thread count."""
+    c1, c2 = 1 + 2**-10, 1 + 2**-10 + 3 * 2**-12  # neither is a bfloat16 value
+    runs = {}
+    for threads in (1, 2):
+        previous = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            p = torch.zeros(1024, 1024, requires_grad=True)
+            opt = Adan([p], lr=1e-30, betas=(0.5, 0.5, 0.75), fused=True, state_dtype="bfloat16")
+            opt._generators[torch.device("cpu")] = torch.Generator().manual_seed(3)
+            states = []
+            for c in (c1, c2):
+                p.grad = torch.full_like(p, c)
+                opt.step()
+                states.append({k: v.clone() for k, v in opt.state[p].items()})
+            runs[threads] = states
+        finally:
+            torch.set_num_threads(previous)
+    for a, b in zip(*runs.values()):
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    f = torch.tensor
+    g1, g2 = f(c1), f(c2)
+    expected = [  # step 1: d = 0; step 2: d = g2 - g1, m and n from their stored (rounded) values
+        {"exp_avg": 0.5 * g1, "exp_avg_sq": 0.25 * (g1 * g1), "neg_pre_grad": -g1},
+        {"exp_avg_diff": 0.5 * (g2 - g1), "neg_pre_grad": -g2},
+    ]
+    for state, want in zip(runs[1], expected):
+        for key, value in want.items():
+            stored = state[key].float()
+            lo, hi = stored.min(), stored.max()
+            assert lo < value < hi and len(stored.unique()) == 2, (key, lo, hi, value)  # the two neighbours
+            se = (hi - lo) / 2 / math.sqrt(stored.numel())
+            assert abs(stored.mean(dtype=torch.float64) - value) < 6 * se, (key, float(stored.mean(dtype=torch.float64) - value), float(se))

@@ -114,10 +114,14 @@ static inline __attribute__((always_inline)) void block_impl(
         memcpy(v, (const float *)vq + base, (size_t)len * sizeof(float));
         memcpy(n, (const float *)nq + base, (size_t)len * sizeof(float));
     }
+    /* Rounding bits, one 32-bit hash per element and use: bfloat16 state rounds m and n with
+     * the low half of r1, v and the previous gradient with its high half (each buffer's
+     * rounding is unbiased, as its 16 bits are uniform; the buffers of one element share
+     * them); r2 serves int8 state's previous gradient and stochastically rounded parameters. */
     if (fmt == FMT_BF16) {
         for (int64_t i = 0; i < len; ++i) r1[i] = mix32(key ^ (uint32_t)(2 * (base + i)));
     }
-    if (fmt != FMT_F32 || pu == PU_STOCHASTIC) {
+    if (fmt == FMT_INT8 || pu == PU_STOCHASTIC) {
         for (int64_t i = 0; i < len; ++i) r2[i] = mix32(key ^ (uint32_t)(2 * (base + i) + 1));
     }
 
@@ -152,7 +156,9 @@ static inline __attribute__((always_inline)) void block_impl(
     if (fmt == FMT_F32) {
         for (int64_t i = 0; i < len; ++i) negf[base + i] = -g[i];
     } else {
-        for (int64_t i = 0; i < len; ++i) neg16[base + i] = f32_to_bf16_sr(-g[i], r2[i] & 0xffffu);
+        const uint32_t *r = fmt == FMT_BF16 ? r1 : r2;
+        const int shift = fmt == FMT_BF16 ? 16 : 0;
+        for (int64_t i = 0; i < len; ++i) neg16[base + i] = f32_to_bf16_sr(-g[i], (r[i] >> shift) & 0xffffu);
     }
     if (fmt == FMT_INT8) {
         /* The block maxima, in a loop of their own: in the update loop they would keep it
@@ -212,7 +218,7 @@ static inline __attribute__((always_inline)) void block_impl(
         for (int64_t i = 0; i < len; ++i) {
             mb[i] = f32_to_bf16_sr(m[i], r1[i] & 0xffffu);
             vb[i] = f32_to_bf16_sr(v[i], r1[i] >> 16);
-            nb16[i] = f32_to_bf16_sr(n[i], mix32(r1[i] ^ r2[i]) & 0xffffu);
+            nb16[i] = f32_to_bf16_sr(n[i], r1[i] & 0xffffu);
         }
     } else {
         memcpy((float *)mq + base, m, (size_t)len * sizeof(float));
