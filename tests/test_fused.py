@@ -6,9 +6,7 @@ import os
 import subprocess
 import sys
 import textwrap
-import warnings
 
-import numpy as np
 import pytest
 import torch
 
