@@ -384,10 +384,11 @@ def test_switching_param_update_to_kahan_mid_training(path):
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
-@pytest.mark.skipif(not fused_available("cpu"), reason="no C compiler")
-def test_fused_bfloat16_state_rounding_is_unbiased_and_thread_independent():
-    """The C kernel's stochastic rounding of every bfloat16 buffer (m, v, n and the previous
-    gradient, which share rounding bits per element) is unbiased: over 2^20 elements holding
+@pytest.mark.parametrize("path", list(PATHS))
+def test_bfloat16_state_rounding_is_unbiased_and_thread_independent(path):
+    """Stochastic rounding of every bfloat16 buffer (m, v, n and the previous gradient, which
+    share rounding bits per element: m and n the low 16 of a 32-bit draw, v and the previous
+    gradient the high 16), on every path, is unbiased: over 2^20 elements holding
     the same value between two bfloat16 neighbours, the mean of the stored values is the
     float32 value within 6 standard errors (rounding to nearest would miss by up to half a
     spacing, 3e2 standard errors), and both neighbours occur. The bits do not depend on the
@@ -399,7 +400,7 @@ def test_fused_bfloat16_state_rounding_is_unbiased_and_thread_independent():
         torch.set_num_threads(threads)
         try:
             p = torch.zeros(1024, 1024, requires_grad=True)
-            opt = Adan([p], lr=1e-30, betas=(0.5, 0.5, 0.75), fused=True, state_dtype="bfloat16")
+            opt = Adan([p], lr=1e-30, betas=(0.5, 0.5, 0.75), state_dtype="bfloat16", **PATHS[path])
             opt._generators[torch.device("cpu")] = torch.Generator().manual_seed(3)
             states = []
             for c in (c1, c2):

@@ -146,19 +146,34 @@ def dequantize_unsigned(codes: Tensor, scale: Tensor) -> Tensor:
 
 
 # ------------------------------------------------------------------ rounding
-def round_to_bf16(x: Tensor, stochastic: bool = True, generator: Optional[torch.Generator] = None) -> Tensor:
+def _usable(generator: Optional[torch.Generator], device: torch.device) -> Optional[torch.Generator]:
+    """``generator``, unless it is another device's or the step is traced (dynamo takes none)."""
+    if generator is not None and (generator.device != device or torch.compiler.is_compiling()):
+        return None
+    return generator
+
+
+def rounding_bits(shape: torch.Size, device: torch.device, generator: Optional[torch.Generator] = None) -> tuple[Tensor, Tensor]:
+    """Two tensors of 16 uniform random bits (int32) from one draw of 32: the low and the high
+    halves, for the stochastic rounding of two buffers (as the fused CPU kernel shares them)."""
+    bits = torch.randint(-(2**31), 2**31, shape, dtype=torch.int32, device=device, generator=_usable(generator, device))
+    return bits & 0xFFFF, (bits >> 16) & 0xFFFF
+
+
+def round_to_bf16(
+    x: Tensor, stochastic: bool = True, generator: Optional[torch.Generator] = None, noise: Optional[Tensor] = None
+) -> Tensor:
     """float32 -> bfloat16, stochastically rounded: ``P(up) = (x - down) / (up - down)``.
 
-    Adding 16 random bits below bfloat16's last mantissa bit and truncating does it;
-    NaNs stay NaN.
+    Adding 16 random bits below bfloat16's last mantissa bit and truncating does it (``noise``:
+    those bits, int32 in ``[0, 2^16)``, drawn here if not given); NaNs stay NaN.
     """
     x = x.float()
     if not stochastic:
         return x.to(torch.bfloat16)
     x = x.contiguous()
-    if generator is not None and (generator.device != x.device or torch.compiler.is_compiling()):
-        generator = None  # another device than the generator's, or traced (dynamo takes no generator)
-    noise = torch.randint(0, 1 << 16, x.shape, dtype=torch.int32, device=x.device, generator=generator)
+    if noise is None:
+        noise = torch.randint(0, 1 << 16, x.shape, dtype=torch.int32, device=x.device, generator=_usable(generator, x.device))
     rounded = (x.view(torch.int32) + noise).bitwise_and_(-65536).view(torch.float32)
     return torch.where(torch.isnan(x), x, rounded).to(torch.bfloat16)
 

@@ -74,18 +74,22 @@ class StateFormat:
         value = state[key]
         return value.float() if value.dtype in LOW_PRECISION else value
 
+    shares_bits: ClassVar[bool] = False  # rounds two buffers with the halves of one 32-bit draw
+
     def encode(self, state: dict, key: str, value: Tensor, stochastic: bool = True,
-               generator: Optional[torch.Generator] = None) -> None:  # fmt: skip
-        """Write full-precision ``value`` into buffer ``key`` of ``state``."""
+               generator: Optional[torch.Generator] = None, noise: Optional[Tensor] = None) -> None:  # fmt: skip
+        """Write full-precision ``value`` into buffer ``key`` of ``state`` (``noise``: its
+        rounding bits, where the format rounds stochastically and the caller drew them)."""
         state[key].copy_(value)
 
     def decode_neg(self, neg: Tensor) -> Tensor:
         """The previous-gradient buffer as a full-precision tensor."""
         return neg.float() if neg.dtype in LOW_PRECISION else neg
 
-    def encode_neg(self, neg: Tensor, value: Tensor, generator: Optional[torch.Generator] = None) -> None:
+    def encode_neg(self, neg: Tensor, value: Tensor, generator: Optional[torch.Generator] = None,
+                   noise: Optional[Tensor] = None) -> None:  # fmt: skip
         """Write ``value`` into the previous-gradient buffer (stochastically rounded if bfloat16)."""
-        neg.copy_(_compact.round_to_bf16(value, True, generator) if neg.dtype == torch.bfloat16 else value)
+        neg.copy_(_compact.round_to_bf16(value, True, generator, noise) if neg.dtype == torch.bfloat16 else value)
 
     def scales(self, state: dict) -> Optional[tuple[Tensor, Tensor, Tensor]]:
         """The scale buffers of m, v and n, for the kernels (``None`` if the format has none)."""
@@ -127,12 +131,13 @@ class BFloat16(StateFormat):
     """All four buffers in bfloat16, stochastically rounded. 8 bytes per parameter."""
 
     name, code, compact, marker = "bfloat16", Format.BF16, True, torch.bfloat16
+    shares_bits = True  # m and n round with the low halves of one draw, v and the previous gradient with the high
 
     def moment_dtypes(self, p: Tensor) -> dict[str, torch.dtype]:
         return dict.fromkeys(MOMENTS, torch.bfloat16)
 
-    def encode(self, state, key, value, stochastic=True, generator=None) -> None:
-        state[key].copy_(_compact.round_to_bf16(value, stochastic, generator))
+    def encode(self, state, key, value, stochastic=True, generator=None, noise=None) -> None:
+        state[key].copy_(_compact.round_to_bf16(value, stochastic, generator, noise))
 
 
 class Int8(StateFormat):
@@ -166,7 +171,7 @@ class Int8(StateFormat):
             return _compact.dequantize_unsigned(state[key], scale)
         return _compact.dequantize_signed(state[key], scale)
 
-    def encode(self, state, key, value, stochastic=True, generator=None) -> None:
+    def encode(self, state, key, value, stochastic=True, generator=None, noise=None) -> None:
         quantize = _compact.quantize_unsigned if key == "exp_avg_sq" else _compact.quantize_signed
         codes, scale = quantize(value)
         state[key].copy_(codes)
@@ -176,9 +181,10 @@ class Int8(StateFormat):
         """The previous-gradient buffer as a full-precision tensor."""
         return neg.float() if neg.dtype in LOW_PRECISION else neg
 
-    def encode_neg(self, neg: Tensor, value: Tensor, generator: Optional[torch.Generator] = None) -> None:
+    def encode_neg(self, neg: Tensor, value: Tensor, generator: Optional[torch.Generator] = None,
+                   noise: Optional[Tensor] = None) -> None:  # fmt: skip
         """Write ``value`` into the previous-gradient buffer (stochastically rounded if bfloat16)."""
-        neg.copy_(_compact.round_to_bf16(value, True, generator) if neg.dtype == torch.bfloat16 else value)
+        neg.copy_(_compact.round_to_bf16(value, True, generator, noise) if neg.dtype == torch.bfloat16 else value)
 
     def scales(self, state: dict) -> Optional[tuple[Tensor, Tensor, Tensor]]:
         if self.scale_keys["exp_avg"] not in state:

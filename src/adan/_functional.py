@@ -262,9 +262,10 @@ def _compact_slice(p, g, m, v, n, neg, comp, scales, first, coefs, scale, param_
         p32 = p  # float32 parameters are updated in place
     _adan_lists([p32], [g32], [m32], [v32], [n32], [neg32], coefs, fresh=[False], scale=None, **kwargs)  # neg32 is g' already
     m32 = fmt.mark_nonfinite(m32, n32)
-    for key, value in zip(MOMENTS, (m32, v32, n32)):
-        fmt.encode(state, key, value, generator=generator)
-    fmt.encode_neg(neg, neg32, generator)
+    low, high = _compact.rounding_bits(m32.shape, m32.device, generator) if fmt.shares_bits else (None, None)
+    for key, value, bits in zip(MOMENTS, (m32, v32, n32), (low, high, low)):
+        fmt.encode(state, key, value, generator=generator, noise=bits)
+    fmt.encode_neg(neg, neg32, generator, noise=high)
     if p32 is not p:
         _compact.write_param(p, p32, param_update, comp, generator)
 
