@@ -78,3 +78,34 @@ def test_core_modules_stay_small():
     core = [f for f in ROOT.glob("*.py")] + list((ROOT / "kernels").glob("*.py"))
     sizes = {f.name: len(f.read_text().splitlines()) for f in core}
     assert max(sizes.values()) <= CORE_LIMIT, {k: v for k, v in sizes.items() if v > CORE_LIMIT}
+
+
+def test_a_backend_is_one_registration():
+    """A device type with a fused kernel is one ``Backend`` entry: the dispatcher, the
+    availability checks and the step-count placement all follow the registry."""
+    import torch
+
+    from adan import Adan, _backends, _fused
+
+    meta = torch.device("meta")
+    assert not _fused.fused_available(meta)
+    assert "no fused Adan kernel for device type 'meta'" in _fused.unavailable_reason(meta)
+    calls = []
+    backend = _backends.Backend(
+        "meta", lambda: True, lambda: "", lambda lists, scalars, hp: calls.append((lists, scalars, hp)), None,
+        steps_on_device=True,
+    )  # fmt: skip
+    _backends.register(backend)
+    try:
+        assert _fused.fused_available(meta)
+        p = torch.zeros(3, 4, device="meta", requires_grad=True)
+        p.grad = torch.zeros(3, 4, device="meta")
+        opt = Adan([p], lr=0.1, betas=(0.9, 0.8, 0.7), fused=True)
+        opt.step()
+        [(lists, scalars, hp)] = calls
+        assert lists.params == [p] and lists.grads[0] is p.grad and scalars.device == meta
+        assert (hp.beta1, hp.beta2, hp.beta3) == (0.9, 0.8, 0.7)
+        assert opt.state[p]["step"].device == meta  # steps_on_device
+        assert _backends.device_type_of([p]) == "meta" and _backends.device_type_of([p, torch.zeros(1)]) is None
+    finally:
+        del _backends.BACKENDS["meta"]
