@@ -41,6 +41,7 @@ class StateFormat:
     compact: ClassVar[bool]  # updated by the compact kernels (decode, update, encode)
     marker: ClassVar[Optional[torch.dtype]] = None  # the exp_avg dtype that identifies a compact format
     scale_keys: ClassVar[dict[str, str]] = {}  # moment -> its scale buffer, if any
+    shares_bits: ClassVar[bool] = False  # rounds two buffers with the halves of one 32-bit draw
 
     def eligible(self, p: Tensor) -> bool:
         """Whether ``p`` can keep its state in this format (else it keeps float32 state)."""
@@ -73,8 +74,6 @@ class StateFormat:
         """Buffer ``key`` of ``state`` as a full-precision tensor."""
         value = state[key]
         return value.float() if value.dtype in LOW_PRECISION else value
-
-    shares_bits: ClassVar[bool] = False  # rounds two buffers with the halves of one 32-bit draw
 
     def encode(self, state: dict, key: str, value: Tensor, stochastic: bool = True,
                generator: Optional[torch.Generator] = None, noise: Optional[Tensor] = None) -> None:  # fmt: skip
