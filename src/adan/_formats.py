@@ -176,15 +176,6 @@ class Int8(StateFormat):
         state[key].copy_(codes)
         state[self.scale_keys[key]].copy_(scale)
 
-    def decode_neg(self, neg: Tensor) -> Tensor:
-        """The previous-gradient buffer as a full-precision tensor."""
-        return neg.float() if neg.dtype in LOW_PRECISION else neg
-
-    def encode_neg(self, neg: Tensor, value: Tensor, generator: Optional[torch.Generator] = None,
-                   noise: Optional[Tensor] = None) -> None:  # fmt: skip
-        """Write ``value`` into the previous-gradient buffer (stochastically rounded if bfloat16)."""
-        neg.copy_(_compact.round_to_bf16(value, True, generator, noise) if neg.dtype == torch.bfloat16 else value)
-
     def scales(self, state: dict) -> Optional[tuple[Tensor, Tensor, Tensor]]:
         if self.scale_keys["exp_avg"] not in state:
             return None
