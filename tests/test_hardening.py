@@ -407,6 +407,82 @@ def test_layout_cache_never_lets_a_changed_layout_through(state_dtype):
         opt.step()
 
 
+@pytest.mark.skipif(not CPU_FUSED, reason="no C compiler")
+@pytest.mark.parametrize("state_dtype", ["float32", "bfloat16", "int8"])
+def test_cached_pointer_tables_follow_every_change_of_layout(state_dtype):
+    """The fused CPU launchers reuse a layout's pointer tables while every pointer and shape
+    is unchanged. After each way of moving memory under the optimizer, the fused steps must
+    still update the tensors the optimizer holds now: they track a foreach twin step for
+    step. A table kept past any of these changes would update freed or stale memory and
+    drift from the twin."""
+    kw = dict(lr=1e-2, weight_decay=0.1, state_dtype=state_dtype)
+    dtype = torch.float32 if state_dtype == "float32" else torch.bfloat16
+    ws = [torch.nn.Parameter(torch.randn(64, 128, dtype=dtype)) for _ in range(2)]
+    twins = [torch.nn.Parameter(w.detach().clone()) for w in ws]
+    fused, foreach = Adan(ws, fused=True, **kw), Adan(twins, foreach=True, **kw)
+    gen = torch.Generator().manual_seed(0)
+    fused._generator(torch.device("cpu")).manual_seed(3)
+    foreach._generator(torch.device("cpu")).manual_seed(3)
+
+    def both(change=lambda opt, params: None) -> None:
+        grads = [torch.randn(w.shape, generator=gen).to(dtype) for w in ws]
+        for opt, params in ((fused, ws), (foreach, twins)):
+            change(opt, params)
+            for p, g in zip(params, grads):
+                p.grad = g.clone()
+            opt.step()
+        for w, t in zip(ws, twins):  # the paths agree to rounding; stochastic rounding's draws are shared
+            torch.testing.assert_close(w, t, atol=2e-2 if dtype == torch.bfloat16 else 1e-5, rtol=0)
+
+    def swap_state(opt, params):  # the same state tensor, moved to new memory (p.data style)
+        for key, t in opt.state[params[0]].items():
+            if torch.is_tensor(t) and t.dim():
+                t.data = t.data.clone()
+
+    def move_param(opt, params):
+        params[1].data = params[1].data.clone()
+
+    def reload(opt, params):
+        opt.load_state_dict(copy.deepcopy(opt.state_dict()))
+
+    def replace_state(opt, params):
+        opt.state[params[1]]["exp_avg_sq"] = opt.state[params[1]]["exp_avg_sq"].clone()
+
+    for change in (None, None, swap_state, None, move_param, reload, replace_state, None):
+        both(change or (lambda opt, params: None))
+    fused.restart_opt()
+    foreach.restart_opt()
+    both()
+    both()
+    extra = torch.nn.Parameter(torch.randn(64, 128, dtype=dtype))
+    fused.add_param_group({"params": [extra]})
+    foreach.add_param_group({"params": [torch.nn.Parameter(extra.detach().clone())]})
+    extra.grad = torch.randn_like(extra)
+    foreach.param_groups[1]["params"][0].grad = extra.grad.clone()
+    both()
+
+
+def test_layout_cache_reuses_only_an_identical_layout():
+    from adan._checks import LayoutCache
+
+    cache, builds = LayoutCache(capacity=2), []
+
+    def get(pointers, shapes):
+        return cache.get(pointers, shapes, lambda: builds.append(1) or len(builds))
+
+    assert get([8, 16], [(2, 3)]) == 1
+    assert get([8, 16], [(2, 3)]) == 1  # reused
+    assert get([8, 24], [(2, 3)]) == 2  # a pointer moved
+    assert get([8, 24], [(3, 2)]) == 3  # same memory, another shape
+    assert get([40, 48], [(2, 3)]) == 4  # a second bucket
+    assert get([8, 24], [(3, 2)]) == 3
+    assert get([72, 80], [(2, 3)]) == 5  # a third: the least recently used ([40, 48]) goes
+    assert get([40, 48], [(2, 3)]) == 6
+    with pytest.raises(ValueError):  # a failed check keeps nothing
+        cache.get([8, 24], [(1, 1)], lambda: (_ for _ in ()).throw(ValueError("bad")))
+    assert get([8, 24], [(3, 2)]) == 7
+
+
 @pytest.mark.parametrize("path", ALL_PATHS)
 def test_kahan_with_float32_parameters_in_the_group(path):
     """param_update='kahan' applies to bfloat16/float16 parameters; float32 ones beside them

@@ -144,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "study":
             p.add_argument("workloads", nargs="*", help="workloads to study (default: every one but batch)")
         if name == "batch-sweep":
-            p.add_argument("--batch-sizes", type=lambda s: [int(x) for x in s.split(",")], help="comma-separated (default 32..1024)")
+            p.add_argument("--batch-sizes", type=lambda s: [int(x) for x in s.split(",")], help="comma-separated (default 32,64,128,256,1024; must include 128, where the target is set)")
     return parser
 
 

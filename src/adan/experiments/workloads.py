@@ -116,7 +116,10 @@ WORKLOADS: dict[str, Workload] = {
         ),
     )
 }  # fmt: skip
-BATCH_SIZES = (32, 64, 128, 256, 512, 1024)
+# Five sizes over 32x, as the protocol asks; 512 is left out to fit the study into this
+# machine's budget (each size costs 27 runs, about 25 minutes on 2 cores). Add it with
+# --batch-sizes 32,64,128,256,512,1024: the finished sizes are reused.
+BATCH_SIZES = (32, 64, 128, 256, 1024)
 
 
 def get(name: str) -> Workload:

@@ -9,21 +9,24 @@ counts and computes the bias corrections in double.
 
 The kernels read every tensor as a flat array of its parameter's ``numel``, so memory
 safety rests on two checks here: contiguous parameters and gradients (gradients are made
-so), and state buffers of their parameter's shape (checked once per memory layout, see
-:class:`adan._checks.ValidatedLayouts`).
+so), and state buffers of their parameter's shape. That is checked, and the tables of
+pointers built, once per memory layout (see :class:`adan._checks.LayoutCache`): each step
+reads every pointer and the parameters' shapes, and only an unchanged layout skips both.
 """
 
 from __future__ import annotations
 
 import ctypes
 from array import array
+from itertools import chain
+from operator import attrgetter
 from pathlib import Path
 from typing import Optional
 
 import torch
 from torch import Tensor
 
-from adan._checks import ValidatedLayouts, check_state_shapes
+from adan._checks import LayoutCache, check_state_shapes
 from adan._codes import ParamUpdate, dtype_code
 from adan._compact import block_layout, full_dtype, scale_shape
 from adan._formats import format_of
@@ -38,6 +41,7 @@ _COMPACT_SOURCE = Path(__file__).parent / "adan_cpu_compact.c"
 _DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 _COMPACT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _HPARAMS = [ctypes.c_double] * 5 + [ctypes.c_int32, ctypes.c_int32]  # b1, b2, b3, eps, wd, no_prox, threads
+_data_ptr, _numel, _is_contiguous, _shape = Tensor.data_ptr, Tensor.numel, Tensor.is_contiguous, attrgetter("shape")
 _lib: Optional[ctypes.CDLL] = None
 _error: Optional[str] = None
 
@@ -91,24 +95,25 @@ def _hparams(hp: HParams) -> tuple:
 
 def _flat_grads(params: list[Tensor], grads: list[Tensor], dtype: torch.dtype) -> list[Tensor]:
     """Contiguous parameters (else ``ValueError``), and the gradients as contiguous tensors
-    of the parameters' dtype (a new list where any had to change). In as few Python-level
-    passes as possible: this runs every step."""
-    odd = [k for k, (p, g) in enumerate(zip(params, grads)) if not (p.is_contiguous() and g.is_contiguous() and g.dtype == dtype)]
-    if not odd:
+    of the parameters' dtype (a new list where any had to change). With ``map`` over the
+    methods: this runs every step, over every tensor."""
+    if all(map(_is_contiguous, params)) and all(map(_is_contiguous, grads)) and {g.dtype for g in grads} == {dtype}:
         return grads
     grads = list(grads)
-    for k in odd:
-        p = params[k]
+    for k, p in enumerate(params):
         if not p.is_contiguous():
             raise ValueError(
                 f"fused Adan needs contiguous parameters; parameter {k} of shape {tuple(p.shape)} has strides "
                 f"{p.stride()} (use foreach=True, or make the parameter contiguous)"
             )
-        grads[k] = grads[k].to(dtype).contiguous()  # (.to(memory_format=...) may return a strided self)
+        if not grads[k].is_contiguous() or grads[k].dtype != dtype:
+            grads[k] = grads[k].to(dtype).contiguous()  # (.to(memory_format=...) may return a strided self)
     return grads
 
 
-_LAYOUTS = ValidatedLayouts()
+# Reused per memory layout (see LayoutCache): the pointer tables of the full and compact launchers.
+_FULL_TABLES = LayoutCache()
+_COMPACT_TABLES = LayoutCache()
 
 
 def _named(lists: TensorLists, comps: Optional[list] = None) -> tuple:
@@ -116,13 +121,16 @@ def _named(lists: TensorLists, comps: Optional[list] = None) -> tuple:
             ("exp_avg_sq", lists.exp_avg_sqs), ("neg_pre_grad", lists.neg_pre_grads), ("param_comp", comps))  # fmt: skip
 
 
-def _pointer_table(slots: list[list[Tensor]]) -> tuple[array, list[int]]:
-    """The data pointers of equally long tensor lists in one array, and each list's address
-    in it (keep the array alive while the kernel runs)."""
-    table = array("q", [t.data_ptr() for lst in slots for t in lst])
-    base, _ = table.buffer_info()
-    stride = len(slots[0]) * table.itemsize
-    return table, [base + i * stride for i in range(len(slots))]
+def _pointers(slots: list[list[Tensor]]) -> list[int]:
+    """Every tensor's data pointer, slot after slot."""
+    return list(map(_data_ptr, chain.from_iterable(slots)))
+
+
+def _addresses(table: array, n_slots: int) -> list[int]:
+    """The address of each slot's run of pointers in ``table`` (keep it alive while the kernel runs)."""
+    base, length = table.buffer_info()
+    stride = length // n_slots * table.itemsize
+    return [base + i * stride for i in range(n_slots)]
 
 
 def launch_full(lists: TensorLists, scalars: Tensor, hp: HParams) -> None:
@@ -143,15 +151,21 @@ def launch_full(lists: TensorLists, scalars: Tensor, hp: HParams) -> None:
     if lists.state_steps[0].dtype != torch.float32 or not lists.state_steps[0].is_cpu:
         raise TypeError("fused Adan: state 'step' must be float32 tensors on the CPU")
 
-    table, slots = _pointer_table(list(lists.dense))
-    numels = array("q", [p.numel() for p in params])
-    n = len(params)
-    _LAYOUTS.check(
-        table[:n].tobytes() + table[2 * n :].tobytes() + numels.tobytes(),
-        lambda: check_state_shapes(params, _named(lists)),
-    )
+    slots = [params, lists.exp_avgs, lists.exp_avg_diffs, lists.exp_avg_sqs, lists.neg_pre_grads, lists.state_steps]
+    pointers, shapes = _pointers(slots), list(map(_shape, params))
+
+    def build() -> tuple[array, array]:
+        check_state_shapes(params, _named(lists))
+        return array("q", pointers), array("q", map(_numel, params))
+
+    table, sizes = _FULL_TABLES.get(pointers, shapes, build)
+    p_, m_, v_, n_, neg_, steps_ = _addresses(table, len(slots))
+    grads = array("q", map(_data_ptr, lists.grads))
     scalars = scalars.contiguous()
-    rc = lib.adan_fused_step(n, dtype_code(dtype), numels.buffer_info()[0], *slots, scalars.data_ptr(), *_hparams(hp))
+    rc = lib.adan_fused_step(
+        len(params), dtype_code(dtype), sizes.buffer_info()[0], p_, grads.buffer_info()[0], m_, v_, n_, neg_, steps_,
+        scalars.data_ptr(), *_hparams(hp),
+    )  # fmt: skip
     if rc != 0:
         raise RuntimeError(f"fused Adan CPU kernel failed with code {rc}")
 
@@ -167,34 +181,35 @@ def launch_compact(
         raise TypeError(f"fused Adan's compact formats support float32, bfloat16 and float16 parameters, not {dtype}")
     fmt = format_of(lists.exp_avgs[0])
     lists = lists._replace(grads=_flat_grads(params, lists.grads, dtype))
-    layouts = [block_layout(p.shape) for p in params]
-    rows = array("q", [r for r, _ in layouts])
-    cols = array("q", [c for _, c in layouts])
-    slots = list(lists.dense[:6])
+    slots = [params, lists.exp_avgs, lists.exp_avg_diffs, lists.exp_avg_sqs, lists.neg_pre_grads]
     if fmt.scale_keys:
         slots += [[s[j] for s in lists.state_scales] for j in range(3)]
     comps = lists.param_comps if param_update == "kahan" and dtype != torch.float32 else None
     if comps is not None:
         slots.append(comps)
     slots.append(lists.state_steps)
-    table, addresses = _pointer_table(slots)
-    n = len(params)
-    _LAYOUTS.check(
-        table[:n].tobytes() + table[2 * n :].tobytes() + rows.tobytes() + cols.tobytes(),
-        lambda: check_state_shapes(params, _named(lists, comps), lists.state_scales, scale_shape),
-    )
-    at = iter(addresses)
-    buffers = [next(at) for _ in range(6)]  # p, g, m, v, n, neg
+    pointers, shapes = _pointers(slots), list(map(_shape, params))
+
+    def build() -> tuple[array, array, array]:
+        check_state_shapes(params, _named(lists, comps), lists.state_scales, scale_shape)
+        layouts = [block_layout(p.shape) for p in params]
+        return array("q", pointers), array("q", [r for r, _ in layouts]), array("q", [c for _, c in layouts])
+
+    table, rows, cols = _COMPACT_TABLES.get(pointers, shapes, build)
+    at = iter(_addresses(table, len(slots)))
+    p_, m_, v_, n_, neg_ = (next(at) for _ in range(5))
     scales = [next(at) for _ in range(3)] if fmt.scale_keys else [None] * 3
     comps_ = next(at) if comps is not None else None
     steps_ = next(at)
+    grads = array("q", map(_data_ptr, lists.grads))
     if generator is not None and generator.device.type != "cpu":
         generator = None
     seed = torch.randint(-(2**63), 2**63 - 1, (1,), dtype=torch.int64, generator=generator)
     scalars = scalars.contiguous()
     rc = lib.compact(
-        n, dtype_code(dtype), fmt.code, ParamUpdate[param_update.upper()], rows.buffer_info()[0], cols.buffer_info()[0],
-        *buffers, *scales, comps_, steps_, scalars.data_ptr(), seed.data_ptr(), *_hparams(hp),
+        len(params), dtype_code(dtype), fmt.code, ParamUpdate[param_update.upper()], rows.buffer_info()[0],
+        cols.buffer_info()[0], p_, grads.buffer_info()[0], m_, v_, n_, neg_, *scales, comps_, steps_,
+        scalars.data_ptr(), seed.data_ptr(), *_hparams(hp),
     )  # fmt: skip
     if rc != 0:
         raise RuntimeError(f"fused Adan CPU compact kernel failed with code {rc}")
