@@ -63,6 +63,8 @@ def test_batch_sweep_quick_end_to_end(tmp_path):
                  "--out", str(out), "--optimizers", "adan,adamw"]) == 0  # fmt: skip
     report = (out / "report.md").read_text()
     assert "## Batch-size sweep" in report and "| adan |" in report and (out / "batch-tiny-curve.png").exists()
+    assert "Learning rate chosen by each optimizer" in report and "| 256 | adamw |" in report  # per-size tuning, pairs
+    assert "- batch 128 vs adamw: steps ratio" in report  # claim 3 answered per batch size
     assert {r["spec"]["batch_size"] for r in load_runs(out)} == {128, 256}
     assert main(["batch-sweep", "--size", "tiny", "--batch-sizes", "64,256", "--out", str(out)]) == 2
 
