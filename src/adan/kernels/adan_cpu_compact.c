@@ -71,6 +71,25 @@ static inline void store_param(void *p, int32_t dtype, int64_t i, float x, int32
     }
 }
 
+/* The parameter the update starts from: under Kahan updates, plus its compensation. */
+static inline float read_param(const void *param, const void *comp, int32_t pdtype, int32_t pu, int64_t e) {
+    const float p = load_param(param, pdtype, e);
+    return pu == PU_KAHAN && pdtype != DT_F32 ? p + load_param(comp, pdtype, e) : p;
+}
+
+/* Write the new parameter by param_update; Kahan keeps what rounding lost in comp (computed
+ * from the rounded value, not reloaded: the loops stay vectorised). */
+static inline void write_param(void *param, void *comp, int32_t pdtype, int32_t pu, int64_t e, float x, uint32_t noise16) {
+    if (pu == PU_KAHAN && pdtype != DT_F32) {
+        const uint16_t h = pdtype == DT_BF16 ? f32_to_bf16(x) : f32_to_f16(x);
+        const float back = pdtype == DT_BF16 ? bf16_to_f32(h) : f16_to_f32(h);
+        ((uint16_t *)param)[e] = h;
+        ((uint16_t *)comp)[e] = pdtype == DT_BF16 ? f32_to_bf16(x - back) : f32_to_f16(x - back);
+    } else {
+        store_param(param, pdtype, e, x, pu, noise16);
+    }
+}
+
 typedef struct {
     float a1, a2, c3, keep_diff;
 } coef_t;
@@ -92,10 +111,35 @@ static inline __attribute__((always_inline)) void block_impl(
     const int64_t len = cols - j * BLOCK < BLOCK ? cols - j * BLOCK : BLOCK;
     const int64_t sidx = row * nb + j;
     float m[BLOCK], v[BLOCK], n[BLOCK], g[BLOCK];
-    uint32_t r1[BLOCK], r2[BLOCK];
+    uint32_t r2[BLOCK];
     const uint32_t key = mix32(c->seed_lo ^ mix32(c->seed_hi + (uint32_t)k * 0x9e3779b9u));
+    const float b1 = c->b1, b2 = c->b2, b3 = c->b3, omb1 = c->omb1, omb2 = c->omb2, omb3 = c->omb3;
+    const float gm = c->gm, eps = c->eps, pre = c->pre, post = c->post;
+    const float a1 = cf.a1, a2 = cf.a2, c3 = cf.c3, keep = cf.keep_diff;
 
-    /* decode */
+    /* Rounding bits: one 32-bit hash of (seed, tensor, 2 e) per element e. bfloat16 state
+     * rounds m and n with its low half, v and the previous gradient with its high half (each
+     * buffer's rounding is unbiased, as its 16 bits are uniform; the buffers of one element
+     * share them). The hash of 2 e + 1 serves int8 state's previous gradient and
+     * stochastically rounded parameters. */
+    if (fmt == FMT_BF16) { /* one vectorised pass per block: decode, update, round, store */
+        uint16_t *mb = (uint16_t *)mq + base, *vb = (uint16_t *)vq + base, *nb16 = (uint16_t *)nq + base;
+#pragma omp simd
+        for (int64_t i = 0; i < len; ++i) {
+            const int64_t e = base + i;
+            const uint32_t r = mix32(key ^ (uint32_t)(2 * e));
+            const float gi = load_param(grad, pdtype, e) * gm;
+            const float p_old = read_param(param, comp, pdtype, pu, e);
+            ADAN_ELEMENT(float, sqrtf, gi, bf16_to_f32(neg16[e]), bf16_to_f32(mb[i]), bf16_to_f32(vb[i]), bf16_to_f32(nb16[i]), p_old);
+            write_param(param, comp, pdtype, pu, e, pi, pu == PU_STOCHASTIC ? mix32(key ^ (uint32_t)(2 * e + 1)) >> 16 : 0u);
+            mb[i] = f32_to_bf16_sr(mi, r & 0xffffu);
+            vb[i] = f32_to_bf16_sr(vi, r >> 16);
+            nb16[i] = f32_to_bf16_sr(ni, r & 0xffffu);
+            neg16[e] = f32_to_bf16_sr(-gi, r >> 16);
+        }
+        return;
+    }
+    /* float32 and int8 state: decode the block, update it, encode it */
     if (fmt == FMT_INT8) {
         const int8_t *mc = (const int8_t *)mq + base, *vc = (const int8_t *)vq + base;
         const uint8_t *nc = (const uint8_t *)nq + base;
@@ -108,25 +152,10 @@ static inline __attribute__((always_inline)) void block_impl(
             const float qn2 = qn * qn;
             n[i] = qn2 * qn2 * fn;
         }
-    } else if (fmt == FMT_BF16) {
-        const uint16_t *mb = (const uint16_t *)mq + base, *vb = (const uint16_t *)vq + base,
-                       *nb16 = (const uint16_t *)nq + base;
-        for (int64_t i = 0; i < len; ++i) {
-            m[i] = bf16_to_f32(mb[i]);
-            v[i] = bf16_to_f32(vb[i]);
-            n[i] = bf16_to_f32(nb16[i]);
-        }
     } else {
         memcpy(m, (const float *)mq + base, (size_t)len * sizeof(float));
         memcpy(v, (const float *)vq + base, (size_t)len * sizeof(float));
         memcpy(n, (const float *)nq + base, (size_t)len * sizeof(float));
-    }
-    /* Rounding bits, one 32-bit hash per element and use: bfloat16 state rounds m and n with
-     * the low half of r1, v and the previous gradient with its high half (each buffer's
-     * rounding is unbiased, as its 16 bits are uniform; the buffers of one element share
-     * them); r2 serves int8 state's previous gradient and stochastically rounded parameters. */
-    if (fmt == FMT_BF16) {
-        for (int64_t i = 0; i < len; ++i) r1[i] = mix32(key ^ (uint32_t)(2 * (base + i)));
     }
     if (fmt == FMT_INT8 || pu == PU_STOCHASTIC) {
         for (int64_t i = 0; i < len; ++i) r2[i] = mix32(key ^ (uint32_t)(2 * (base + i) + 1));
@@ -134,38 +163,23 @@ static inline __attribute__((always_inline)) void block_impl(
 
     /* update (the maths of adan_cpu.c, in float) */
     float amax_m = 0.0f, amax_v = 0.0f, max_n = 0.0f;
-    const float b1 = c->b1, b2 = c->b2, b3 = c->b3, omb1 = c->omb1, omb2 = c->omb2, omb3 = c->omb3;
-    const float gm = c->gm, eps = c->eps, pre = c->pre, post = c->post;
-    const float a1 = cf.a1, a2 = cf.a2, c3 = cf.c3, keep = cf.keep_diff;
     for (int64_t i = 0; i < len; ++i) {
         const int64_t e = base + i;
         const float gi = load_param(grad, pdtype, e) * gm;
         const float prev = fmt == FMT_F32 ? negf[e] : bf16_to_f32(neg16[e]);
-        float p_old = load_param(param, pdtype, e);
-        if (pu == PU_KAHAN && pdtype != DT_F32) p_old += load_param(comp, pdtype, e);
-        ADAN_ELEMENT(float, sqrtf, gi, prev, m[i], v[i], n[i], p_old);
+        ADAN_ELEMENT(float, sqrtf, gi, prev, m[i], v[i], n[i], read_param(param, comp, pdtype, pu, e));
         m[i] = mi;
         v[i] = vi;
         n[i] = ni;
         g[i] = gi;
-        if (pu == PU_KAHAN && pdtype != DT_F32) { /* keep the residual (no reload: it vectorises) */
-            const uint16_t h = pdtype == DT_BF16 ? f32_to_bf16(pi) : f32_to_f16(pi);
-            const float back = pdtype == DT_BF16 ? bf16_to_f32(h) : f16_to_f32(h);
-            ((uint16_t *)param)[e] = h;
-            ((uint16_t *)comp)[e] = pdtype == DT_BF16 ? f32_to_bf16(pi - back) : f32_to_f16(pi - back);
-        } else {
-            store_param(param, pdtype, e, pi, pu,
-                        pu == PU_STOCHASTIC ? r2[i] >> 16 : 0u);
-        }
+        write_param(param, comp, pdtype, pu, e, pi, pu == PU_STOCHASTIC ? r2[i] >> 16 : 0u);
     }
 
     /* encode */
     if (fmt == FMT_F32) {
         for (int64_t i = 0; i < len; ++i) negf[base + i] = -g[i];
     } else {
-        const uint32_t *r = fmt == FMT_BF16 ? r1 : r2;
-        const int shift = fmt == FMT_BF16 ? 16 : 0;
-        for (int64_t i = 0; i < len; ++i) neg16[base + i] = f32_to_bf16_sr(-g[i], (r[i] >> shift) & 0xffffu);
+        for (int64_t i = 0; i < len; ++i) neg16[base + i] = f32_to_bf16_sr(-g[i], r2[i] & 0xffffu);
     }
     if (fmt == FMT_INT8) {
         /* The block maxima, in a loop of their own: in the update loop they would keep it
@@ -219,13 +233,6 @@ static inline __attribute__((always_inline)) void block_impl(
                 vc[i] = (int8_t)(qv <= 127.0f ? (v[i] < 0.0f ? -qv : qv) : (float)NONFINITE_CODE);
                 nc[i] = (uint8_t)(qn <= 255.0f ? (n[i] > 0.0f && qn < 1.0f ? 1.0f : qn) : 0.0f);
             }
-        }
-    } else if (fmt == FMT_BF16) {
-        uint16_t *mb = (uint16_t *)mq + base, *vb = (uint16_t *)vq + base, *nb16 = (uint16_t *)nq + base;
-        for (int64_t i = 0; i < len; ++i) {
-            mb[i] = f32_to_bf16_sr(m[i], r1[i] & 0xffffu);
-            vb[i] = f32_to_bf16_sr(v[i], r1[i] >> 16);
-            nb16[i] = f32_to_bf16_sr(n[i], r1[i] & 0xffffu);
         }
     } else {
         memcpy((float *)mq + base, m, (size_t)len * sizeof(float));
