@@ -2,8 +2,9 @@
  *
  * The same update as adan_cpu.c (see there), in float32, block by block: every tensor is
  * viewed as rows x cols and cut into blocks of up to BLOCK consecutive columns of a row
- * (src/adan/_compact.py documents the layout and the code maps). For each block the state
- * is decoded to float32, updated, and encoded back:
+ * (src/adan/_compact.py documents the layout and the code maps). Each block is one
+ * vectorised pass that decodes the state to float32, updates it and encodes it back (two
+ * for int8 state, whose codes need the block's new maxima):
  *
  *   fmt 0  float32 state      stored as is
  *   fmt 1  bfloat16 state     m, v, n and -g_prev stochastically rounded to bfloat16
@@ -110,8 +111,6 @@ static inline __attribute__((always_inline)) void block_impl(
     const int64_t base = row * cols + j * BLOCK;
     const int64_t len = cols - j * BLOCK < BLOCK ? cols - j * BLOCK : BLOCK;
     const int64_t sidx = row * nb + j;
-    float m[BLOCK], v[BLOCK], n[BLOCK], g[BLOCK];
-    uint32_t r2[BLOCK];
     const uint32_t key = mix32(c->seed_lo ^ mix32(c->seed_hi + (uint32_t)k * 0x9e3779b9u));
     const float b1 = c->b1, b2 = c->b2, b3 = c->b3, omb1 = c->omb1, omb2 = c->omb2, omb3 = c->omb3;
     const float gm = c->gm, eps = c->eps, pre = c->pre, post = c->post;
@@ -139,105 +138,94 @@ static inline __attribute__((always_inline)) void block_impl(
         }
         return;
     }
-    /* float32 and int8 state: decode the block, update it, encode it */
-    if (fmt == FMT_INT8) {
+    if (fmt == FMT_F32) { /* float32 state: one pass, in place */
+        float *mf = (float *)mq + base, *vf = (float *)vq + base, *nf = (float *)nq + base;
+#pragma omp simd
+        for (int64_t i = 0; i < len; ++i) {
+            const int64_t e = base + i;
+            const float gi = load_param(grad, pdtype, e) * gm;
+            const float p_old = read_param(param, comp, pdtype, pu, e);
+            ADAN_ELEMENT(float, sqrtf, gi, negf[e], mf[i], vf[i], nf[i], p_old);
+            write_param(param, comp, pdtype, pu, e, pi, pu == PU_STOCHASTIC ? mix32(key ^ (uint32_t)(2 * e + 1)) >> 16 : 0u);
+            mf[i] = mi;
+            vf[i] = vi;
+            nf[i] = ni;
+            negf[e] = -gi;
+        }
+        return;
+    }
+
+    /* int8 state: decode, update, round the previous gradient and take the block maxima in
+     * one pass; encode with the maxima in a second. Non-finite values are left out of the
+     * maxima (see FINITE): x * 0 is NaN for NaN and inf, so the probe's sum is NaN iff any
+     * value is, and the rare such block takes the maxima again over its finite values. */
+    float m[BLOCK], v[BLOCK], n[BLOCK];
+    float amax_m = 0.0f, amax_v = 0.0f, max_n = 0.0f, probe = 0.0f;
+    {
         const int8_t *mc = (const int8_t *)mq + base, *vc = (const int8_t *)vq + base;
         const uint8_t *nc = (const uint8_t *)nq + base;
         const float fm = ms[sidx] / 16129.0f, fv = vs[sidx] / 16129.0f, fn = ns[sidx] / 4228250625.0f;
-        for (int64_t i = 0; i < len; ++i) {
-            const float qm = (float)mc[i], qv = (float)vc[i], qn = (float)nc[i];
-            const float dm = qm * fabsf(qm) * fm, dv = qv * fabsf(qv) * fv; /* selects, not branches */
-            m[i] = qm == (float)NONFINITE_CODE ? NAN : dm;
-            v[i] = qv == (float)NONFINITE_CODE ? NAN : dv;
-            const float qn2 = qn * qn;
-            n[i] = qn2 * qn2 * fn;
-        }
-    } else {
-        memcpy(m, (const float *)mq + base, (size_t)len * sizeof(float));
-        memcpy(v, (const float *)vq + base, (size_t)len * sizeof(float));
-        memcpy(n, (const float *)nq + base, (size_t)len * sizeof(float));
-    }
-    if (fmt == FMT_INT8 || pu == PU_STOCHASTIC) {
-        for (int64_t i = 0; i < len; ++i) r2[i] = mix32(key ^ (uint32_t)(2 * (base + i) + 1));
-    }
-
-    /* update (the maths of adan_cpu.c, in float) */
-    float amax_m = 0.0f, amax_v = 0.0f, max_n = 0.0f;
-    for (int64_t i = 0; i < len; ++i) {
-        const int64_t e = base + i;
-        const float gi = load_param(grad, pdtype, e) * gm;
-        const float prev = fmt == FMT_F32 ? negf[e] : bf16_to_f32(neg16[e]);
-        ADAN_ELEMENT(float, sqrtf, gi, prev, m[i], v[i], n[i], read_param(param, comp, pdtype, pu, e));
-        m[i] = mi;
-        v[i] = vi;
-        n[i] = ni;
-        g[i] = gi;
-        write_param(param, comp, pdtype, pu, e, pi, pu == PU_STOCHASTIC ? r2[i] >> 16 : 0u);
-    }
-
-    /* encode */
-    if (fmt == FMT_F32) {
-        for (int64_t i = 0; i < len; ++i) negf[base + i] = -g[i];
-    } else {
-        for (int64_t i = 0; i < len; ++i) neg16[base + i] = f32_to_bf16_sr(-g[i], r2[i] & 0xffffu);
-    }
-    if (fmt == FMT_INT8) {
-        /* The block maxima, in a loop of their own: in the update loop they would keep it
-         * scalar, and fmaxf would be a libm call per element. Non-finite values are left
-         * out of them (see FINITE). */
-        float probe = 0.0f; /* x * 0 is NaN for NaN and inf: the sum is NaN iff any value is */
 #pragma omp simd reduction(max : amax_m, amax_v, max_n) reduction(+ : probe)
         for (int64_t i = 0; i < len; ++i) {
-            amax_m = fabsf(m[i]) > amax_m ? fabsf(m[i]) : amax_m;
-            amax_v = fabsf(v[i]) > amax_v ? fabsf(v[i]) : amax_v;
-            max_n = n[i] > max_n ? n[i] : max_n;
-            probe += (m[i] + v[i] + n[i]) * 0.0f;
+            const int64_t e = base + i;
+            const float qm = (float)mc[i], qv = (float)vc[i], qn = (float)nc[i], qn2 = qn * qn;
+            const float m_old = qm == (float)NONFINITE_CODE ? NAN : qm * fabsf(qm) * fm; /* selects, not branches */
+            const float v_old = qv == (float)NONFINITE_CODE ? NAN : qv * fabsf(qv) * fv;
+            const uint32_t r = mix32(key ^ (uint32_t)(2 * e + 1));
+            const float gi = load_param(grad, pdtype, e) * gm;
+            const float p_old = read_param(param, comp, pdtype, pu, e);
+            ADAN_ELEMENT(float, sqrtf, gi, bf16_to_f32(neg16[e]), m_old, v_old, qn2 * qn2 * fn, p_old);
+            write_param(param, comp, pdtype, pu, e, pi, pu == PU_STOCHASTIC ? r >> 16 : 0u);
+            neg16[e] = f32_to_bf16_sr(-gi, r & 0xffffu);
+            m[i] = mi;
+            v[i] = vi;
+            n[i] = ni;
+            amax_m = fabsf(mi) > amax_m ? fabsf(mi) : amax_m;
+            amax_v = fabsf(vi) > amax_v ? fabsf(vi) : amax_v;
+            max_n = ni > max_n ? ni : max_n;
+            probe += (mi + vi + ni) * 0.0f;
         }
-        const int nonfinite = probe != probe;
-        if (nonfinite) { /* rare: the maxima over the finite values only */
-            amax_m = amax_v = max_n = 0.0f;
-            for (int64_t i = 0; i < len; ++i) {
-                const float am = FINITE(m[i]) ? fabsf(m[i]) : 0.0f, av = FINITE(v[i]) ? fabsf(v[i]) : 0.0f;
-                const float an = FINITE(n[i]) ? n[i] : 0.0f;
-                amax_m = am > amax_m ? am : amax_m;
-                amax_v = av > amax_v ? av : amax_v;
-                max_n = an > max_n ? an : max_n;
-            }
+    }
+    const int nonfinite = probe != probe;
+    if (nonfinite) { /* rare: the maxima over the finite values only */
+        amax_m = amax_v = max_n = 0.0f;
+        for (int64_t i = 0; i < len; ++i) {
+            const float am = FINITE(m[i]) ? fabsf(m[i]) : 0.0f, av = FINITE(v[i]) ? fabsf(v[i]) : 0.0f;
+            const float an = FINITE(n[i]) ? n[i] : 0.0f;
+            amax_m = am > amax_m ? am : amax_m;
+            amax_v = av > amax_v ? av : amax_v;
+            max_n = an > max_n ? an : max_n;
         }
-        int8_t *mc = (int8_t *)mq + base, *vc = (int8_t *)vq + base;
-        uint8_t *nc = (uint8_t *)nq + base;
-        const float im = amax_m > 0.0f ? 1.0f / amax_m : 0.0f, iv = amax_v > 0.0f ? 1.0f / amax_v : 0.0f,
-                    in = max_n > 0.0f ? 1.0f / max_n : 0.0f;
-        ms[sidx] = amax_m;
-        vs[sidx] = amax_v;
-        ns[sidx] = max_n;
-        if (!nonfinite) { /* the usual block: the plain loop (the marking one is slower) */
-            for (int64_t i = 0; i < len; ++i) {
-                const float qm = floorf(sqrtf(fabsf(m[i]) * im) * 127.0f + 0.5f);
-                const float qv = floorf(sqrtf(fabsf(v[i]) * iv) * 127.0f + 0.5f);
-                float qn = floorf(sqrtf(sqrtf(n[i] * in)) * 255.0f + 0.5f);
-                qn = n[i] > 0.0f && qn < 1.0f ? 1.0f : qn;
-                mc[i] = (int8_t)(m[i] < 0.0f ? -qm : qm);
-                vc[i] = (int8_t)(v[i] < 0.0f ? -qv : qv);
-                nc[i] = (uint8_t)qn;
-            }
-        } else {
-            for (int64_t i = 0; i < len; ++i) {
-                /* NaN/inf never pass a "<= largest code" test: such an m or v gets the code -128
-                 * (decoded as NaN), and a non-finite n marks its element's m (n's 8 bits cannot
-                 * say NaN). Written as float selects, the loop stays vectorised. */
-                const float qm = floorf(sqrtf(fabsf(m[i]) * im) * 127.0f + 0.5f);
-                const float qv = floorf(sqrtf(fabsf(v[i]) * iv) * 127.0f + 0.5f);
-                float qn = floorf(sqrtf(sqrtf(n[i] * in)) * 255.0f + 0.5f);
-                mc[i] = (int8_t)(qm <= 127.0f && qn <= 255.0f ? (m[i] < 0.0f ? -qm : qm) : (float)NONFINITE_CODE);
-                vc[i] = (int8_t)(qv <= 127.0f ? (v[i] < 0.0f ? -qv : qv) : (float)NONFINITE_CODE);
-                nc[i] = (uint8_t)(qn <= 255.0f ? (n[i] > 0.0f && qn < 1.0f ? 1.0f : qn) : 0.0f);
-            }
+    }
+    int8_t *mc = (int8_t *)mq + base, *vc = (int8_t *)vq + base;
+    uint8_t *nc = (uint8_t *)nq + base;
+    const float im = amax_m > 0.0f ? 1.0f / amax_m : 0.0f, iv = amax_v > 0.0f ? 1.0f / amax_v : 0.0f,
+                in = max_n > 0.0f ? 1.0f / max_n : 0.0f;
+    ms[sidx] = amax_m;
+    vs[sidx] = amax_v;
+    ns[sidx] = max_n;
+    if (!nonfinite) { /* the usual block: the plain loop (the marking one is slower) */
+        for (int64_t i = 0; i < len; ++i) {
+            const float qm = floorf(sqrtf(fabsf(m[i]) * im) * 127.0f + 0.5f);
+            const float qv = floorf(sqrtf(fabsf(v[i]) * iv) * 127.0f + 0.5f);
+            float qn = floorf(sqrtf(sqrtf(n[i] * in)) * 255.0f + 0.5f);
+            qn = n[i] > 0.0f && qn < 1.0f ? 1.0f : qn;
+            mc[i] = (int8_t)(m[i] < 0.0f ? -qm : qm);
+            vc[i] = (int8_t)(v[i] < 0.0f ? -qv : qv);
+            nc[i] = (uint8_t)qn;
         }
     } else {
-        memcpy((float *)mq + base, m, (size_t)len * sizeof(float));
-        memcpy((float *)vq + base, v, (size_t)len * sizeof(float));
-        memcpy((float *)nq + base, n, (size_t)len * sizeof(float));
+        for (int64_t i = 0; i < len; ++i) {
+            /* NaN/inf never pass a "<= largest code" test: such an m or v gets the code -128
+             * (decoded as NaN), and a non-finite n marks its element's m (n's 8 bits cannot
+             * say NaN). Written as float selects, the loop stays vectorised. */
+            const float qm = floorf(sqrtf(fabsf(m[i]) * im) * 127.0f + 0.5f);
+            const float qv = floorf(sqrtf(fabsf(v[i]) * iv) * 127.0f + 0.5f);
+            float qn = floorf(sqrtf(sqrtf(n[i] * in)) * 255.0f + 0.5f);
+            mc[i] = (int8_t)(qm <= 127.0f && qn <= 255.0f ? (m[i] < 0.0f ? -qm : qm) : (float)NONFINITE_CODE);
+            vc[i] = (int8_t)(qv <= 127.0f ? (v[i] < 0.0f ? -qv : qv) : (float)NONFINITE_CODE);
+            nc[i] = (uint8_t)(qn <= 255.0f ? (n[i] > 0.0f && qn < 1.0f ? 1.0f : qn) : 0.0f);
+        }
     }
 }
 
