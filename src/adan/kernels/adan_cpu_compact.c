@@ -25,9 +25,9 @@
  */
 #if defined(__GNUC__) && !defined(__clang__) && defined(__AVX512F__)
 /* This kernel is compute-bound (the codecs, the rounding hash, square roots): GCC's full-
- * width AVX-512 vectors make it 10-15% faster than its default 256-bit ones (docs/
- * benchmarks.md). Each element's arithmetic is the same, so are its results. The memory-
- * bound float32 kernel keeps the default width. */
+ * width AVX-512 vectors made it about 7-10% faster than its default 256-bit ones at one
+ * thread (an interleaved A/B, docs/benchmarks.md). Each element's arithmetic is the same, so
+ * are its results. The memory-bound float32 kernel keeps the default width. */
 #pragma GCC target("prefer-vector-width=512")
 #endif
 #include <math.h>
