@@ -9,9 +9,7 @@ single-tensor). The maths is documented there and in :mod:`adan.reference`.
 
 from __future__ import annotations
 
-import functools
 import math
-import operator
 from typing import Any, Callable, Iterable, Optional, Union
 
 import torch
@@ -25,40 +23,6 @@ from adan._compact import COMP_KEY, LOW_PRECISION
 from adan._functional import LR, _grad_scale, _resolve_path, adan
 
 __all__ = ["Adan", "adan", "global_clip_coefficient"]
-
-# The state a step reads, per parameter, in one C-level lookup (see _gather_columns).
-_STATE_COLUMNS_KEYS = ("exp_avg", "exp_avg_diff", "exp_avg_sq", "neg_pre_grad", "step")
-_STATE_COLUMNS = operator.itemgetter(*_STATE_COLUMNS_KEYS)
-_grad, _is_none = operator.attrgetter("grad"), functools.partial(operator.is_, None)
-
-
-def _gather_columns(group_params: list, all_state: dict) -> tuple[list, list, list, Optional[list]]:
-    """``(params, grads, states, columns)``: the parameters that have a gradient, their
-    gradients and state dicts, and each state's ``_STATE_COLUMNS`` (``None`` while some
-    state lacks one of them: new parameters, or states without a previous gradient).
-
-    Eager steps run the lookups as ``map`` over C-level getters, about twice as fast as
-    comprehensions; ``torch.compile`` traces the comprehensions (dynamo cannot call getters).
-    """
-    if torch.compiler.is_compiling():
-        params = [p for p in group_params if p.grad is not None]
-        states = [all_state[p] for p in params]
-        columns = None
-        if all(k in s for s in states for k in _STATE_COLUMNS_KEYS):
-            columns = [tuple(s[k] for k in _STATE_COLUMNS_KEYS) for s in states]
-        return params, [p.grad for p in params], states, columns
-    grads = list(map(_grad, group_params))
-    if any(map(_is_none, grads)):  # (not `None in grads`: that calls every tensor's __eq__)
-        params = [p for p, g in zip(group_params, grads) if g is not None]
-        grads = [g for g in grads if g is not None]
-    else:
-        params = list(group_params)
-    states = list(map(all_state.__getitem__, params))
-    try:
-        columns = list(map(_STATE_COLUMNS, states))
-    except KeyError:
-        columns = None
-    return params, grads, states, columns
 
 Betas = tuple[float, float, float]
 
@@ -278,33 +242,36 @@ class Adan(Optimizer):
     def _gather_group(self, group: dict[str, Any]) -> dict[str, list]:
         """Gather the tensors of the parameters that have a gradient (complex as real views).
 
-        With thousands of small tensors this is a visible part of a fused step: in eager mode
-        the lookups run as ``map`` over C-level getters (:func:`_gather_columns`).
+        Written as list comprehensions: with thousands of small tensors this loop is a
+        visible part of a fused step.
         """
-        params, grads, states, columns = _gather_columns(group["params"], self.state)
+        params = [p for p in group["params"] if p.grad is not None]
+        grads = [p.grad for p in params]
         if any(g.is_sparse for g in grads):
             raise RuntimeError("Adan does not support sparse gradients; use a dense gradient or torch.optim.SparseAdam")
+        all_state = self.state
+        states = [all_state[p] for p in params]
+        negs = [s.get("neg_pre_grad") for s in states]
         fresh = []  # states without a previous gradient (restarted, or loaded without one): g' = g
-        if columns is None:  # new parameters, or such states
+        if any(n is None for n in negs):  # new parameters, or such states
             if group["fused"]:  # before any state is made: it would stay on the meta device
                 _check_fused_params(params)
             for i, (p, state) in enumerate(zip(params, states)):
-                if "neg_pre_grad" not in state:
+                if negs[i] is None:
                     if "exp_avg" in state:
                         state["neg_pre_grad"] = _formats.format_of(state["exp_avg"]).new_neg(p)
                         fresh.append(i)
                     else:  # the paths handle a first step themselves
                         state.update(self._new_state(p, group))
-            columns = [tuple(s[k] for k in _STATE_COLUMNS_KEYS) for s in states]
-        exp_avgs, exp_avg_diffs, exp_avg_sqs, negs, steps = map(list, zip(*columns)) if columns else ([],) * 5
+                    negs[i] = state["neg_pre_grad"]
         lists = {
             "params": params,
             "grads": grads,
-            "exp_avgs": exp_avgs,
-            "exp_avg_sqs": exp_avg_sqs,
-            "exp_avg_diffs": exp_avg_diffs,
+            "exp_avgs": [s["exp_avg"] for s in states],
+            "exp_avg_sqs": [s["exp_avg_sq"] for s in states],
+            "exp_avg_diffs": [s["exp_avg_diff"] for s in states],
             "neg_pre_grads": negs,
-            "state_steps": steps,
+            "state_steps": [s["step"] for s in states],
         }
         fmt = _formats.get(group["state_dtype"])
         if fmt.scale_keys:  # None for a parameter that keeps float32 state (too small, say)
