@@ -95,6 +95,25 @@ def test_stochastic_rounding_to_bf16_is_unbiased_and_picks_a_neighbour():
     assert out[0].isnan() and out[1] == math.inf and out[2] == -math.inf and out[3] == 0 and out[4] == 0
 
 
+def test_in_place_rounding_of_a_stacked_scratch_matches_round_to_bf16():
+    """The torch-ops update rounds its [[m, n], [v, g']] scratch in place with the halves of
+    one draw broadcast over pairs; every value, NaN payloads whose bits would carry into the
+    sign under the added noise included, must come out as ``round_to_bf16`` rounds it."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 2, 4096, generator=g) * torch.logspace(-40, 38, 4096)
+    edge = torch.tensor([0x7FFFFFFF, 0xFFFFFFFF - 2**32, 0x7F800001, 0xFF800001 - 2**32, 0x7F800000, 0x00000001, 0x807FFFFF - 2**32],
+                        dtype=torch.int64).to(torch.int32).view(torch.float32)  # fmt: skip
+    x[..., : len(edge)] = edge
+    x[1, 1, 7] = -0.0
+    noise = torch.randint(0, 1 << 16, (2, 1, 4096), dtype=torch.int32, generator=g)
+    noise[..., :8] = 0xFFFF  # the largest carry
+    expected = torch.stack([torch.stack([C.round_to_bf16(x[i, j], noise=noise[i, 0]) for j in range(2)]) for i in range(2)])
+    got = C.round_to_bf16_(x.clone(), noise).to(torch.bfloat16)
+    assert torch.equal(got.isnan(), expected.isnan()) and got.isnan()[..., :4].all()
+    finite = ~expected.isnan()
+    assert torch.equal(got.view(torch.int16)[finite], expected.view(torch.int16)[finite])
+
+
 # ------------------------------------------------------------ the optimizer
 def _model(dtype=torch.float32, seed=0):
     torch.manual_seed(seed)

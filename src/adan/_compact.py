@@ -59,6 +59,7 @@ __all__ = [
     "quantize_unsigned",
     "dequantize_unsigned",
     "round_to_bf16",
+    "round_to_bf16_",
     "state_bytes",
     "state_bytes_per_param",
 ]
@@ -153,11 +154,25 @@ def _usable(generator: Optional[torch.Generator], device: torch.device) -> Optio
     return generator
 
 
-def rounding_bits(shape: torch.Size, device: torch.device, generator: Optional[torch.Generator] = None) -> tuple[Tensor, Tensor]:
-    """Two tensors of 16 uniform random bits (int32) from one draw of 32: the low and the high
-    halves, for the stochastic rounding of two buffers (as the fused CPU kernel shares them)."""
+def rounding_bits(shape: torch.Size, device: torch.device, generator: Optional[torch.Generator] = None) -> Tensor:
+    """16 uniform random bits (int32) per element and half, from one draw of 32: shape
+    ``(2, *shape)``, the low halves then the high ones, for the stochastic rounding of two
+    buffers each (as the fused CPU kernel shares them)."""
     bits = torch.randint(-(2**31), 2**31, shape, dtype=torch.int32, device=device, generator=_usable(generator, device))
-    return bits & 0xFFFF, (bits >> 16) & 0xFFFF
+    halves = torch.empty((2, *shape), dtype=torch.int32, device=device)
+    torch.bitwise_and(bits, 0xFFFF, out=halves[0])
+    torch.bitwise_right_shift(bits, 16, out=halves[1])
+    halves[1].bitwise_and_(0xFFFF)
+    return halves
+
+
+def round_to_bf16_(x: Tensor, noise: Tensor) -> Tensor:
+    """Stochastically round float32 ``x`` (contiguous) in place to values bfloat16 holds
+    exactly, by the random bits ``noise`` (int32 in ``[0, 2^16)``, broadcast to ``x``), as
+    :func:`round_to_bf16` does; converting the result to bfloat16 is then exact."""
+    nan = torch.isnan(x)
+    x.view(torch.int32).add_(noise).bitwise_and_(-65536)
+    return x.masked_fill_(nan, float("nan"))
 
 
 def round_to_bf16(

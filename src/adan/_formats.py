@@ -15,7 +15,7 @@ kernels that should run it fused; elsewhere it runs on the torch paths, through
 
 from __future__ import annotations
 
-from typing import ClassVar, Optional
+from typing import ClassVar, NamedTuple, Optional
 
 import torch
 from torch import Tensor
@@ -24,13 +24,23 @@ from adan import _compact
 from adan._codes import Format
 from adan._compact import LOW_PRECISION, full_dtype
 
-__all__ = ["StateFormat", "FORMATS", "register", "get", "format_for", "format_of", "conform_state", "MOMENTS"]
+__all__ = ["StateFormat", "Decoded", "FORMATS", "register", "get", "format_for", "format_of", "conform_state", "MOMENTS"]
 
 MOMENTS = ("exp_avg", "exp_avg_diff", "exp_avg_sq")
 
 
 def _zeros_like(p: Tensor, dtype: torch.dtype) -> Tensor:
     return torch.zeros_like(p, dtype=dtype, memory_format=torch.preserve_format)
+
+
+class Decoded(NamedTuple):
+    """One parameter's (or slice's) state decoded for an update: ``values`` = m, v, n and the
+    previous-gradient buffer in full precision, which the update overwrites in place (they
+    are the state itself where it is stored in full precision); ``scratch``: the one buffer
+    they are views of, where the format decodes into one."""
+
+    values: tuple[Tensor, Tensor, Tensor, Tensor]
+    scratch: Optional[Tensor] = None
 
 
 class StateFormat:
@@ -41,7 +51,6 @@ class StateFormat:
     compact: ClassVar[bool]  # updated by the compact kernels (decode, update, encode)
     marker: ClassVar[Optional[torch.dtype]] = None  # the exp_avg dtype that identifies a compact format
     scale_keys: ClassVar[dict[str, str]] = {}  # moment -> its scale buffer, if any
-    shares_bits: ClassVar[bool] = False  # rounds two buffers with the halves of one 32-bit draw
 
     def eligible(self, p: Tensor) -> bool:
         """Whether ``p`` can keep its state in this format (else it keeps float32 state)."""
@@ -90,6 +99,18 @@ class StateFormat:
         """Write ``value`` into the previous-gradient buffer (stochastically rounded if bfloat16)."""
         neg.copy_(_compact.round_to_bf16(value, True, generator, noise) if neg.dtype == torch.bfloat16 else value)
 
+    def decode_all(self, state: dict, neg: Tensor) -> Decoded:
+        """m, v, n (of ``state``) and the previous gradient ``neg`` for the torch-ops update."""
+        return Decoded((*(self.decode(state, k) for k in MOMENTS), self.decode_neg(neg)))
+
+    def encode_all(self, state: dict, neg: Tensor, work: Decoded, generator: Optional[torch.Generator] = None) -> None:
+        """Write the updated ``work`` (from :meth:`decode_all`) back into ``state`` and ``neg``."""
+        m, v, n, g_neg = work.values
+        m = self.mark_nonfinite(m, n)
+        for key, value in zip(MOMENTS, (m, v, n)):
+            self.encode(state, key, value, generator=generator)
+        self.encode_neg(neg, g_neg, generator)
+
     def scales(self, state: dict) -> Optional[tuple[Tensor, Tensor, Tensor]]:
         """The scale buffers of m, v and n, for the kernels (``None`` if the format has none)."""
         return None
@@ -130,13 +151,30 @@ class BFloat16(StateFormat):
     """All four buffers in bfloat16, stochastically rounded. 8 bytes per parameter."""
 
     name, code, compact, marker = "bfloat16", Format.BF16, True, torch.bfloat16
-    shares_bits = True  # m and n round with the low halves of one draw, v and the previous gradient with the high
 
     def moment_dtypes(self, p: Tensor) -> dict[str, torch.dtype]:
         return dict.fromkeys(MOMENTS, torch.bfloat16)
 
     def encode(self, state, key, value, stochastic=True, generator=None, noise=None) -> None:
         state[key].copy_(_compact.round_to_bf16(value, stochastic, generator, noise))
+
+    # The torch-ops update decodes the four buffers into one float32 scratch laid out
+    # [[m, n], [v, g']] and rounds it with one set of in-place ops: the low halves of one
+    # 32-bit draw per element round m and n, the high halves v and g'.
+    def decode_all(self, state: dict, neg: Tensor) -> Decoded:
+        m = state["exp_avg"]
+        scratch = torch.empty((2, 2, *m.shape), dtype=torch.float32, device=m.device)
+        m32, n32, v32, neg32 = scratch[0, 0], scratch[0, 1], scratch[1, 0], scratch[1, 1]
+        for dst, src in zip((m32, v32, n32, neg32), (m, state["exp_avg_diff"], state["exp_avg_sq"], neg)):
+            dst.copy_(src)
+        return Decoded((m32, v32, n32, neg32), scratch)
+
+    def encode_all(self, state: dict, neg: Tensor, work: Decoded, generator: Optional[torch.Generator] = None) -> None:
+        scratch = work.scratch
+        noise = _compact.rounding_bits(scratch.shape[2:], scratch.device, generator)
+        _compact.round_to_bf16_(scratch, noise.unsqueeze(1))
+        for dst, src in zip((state["exp_avg"], state["exp_avg_diff"], state["exp_avg_sq"], neg), work.values):
+            dst.copy_(src)
 
 
 class Int8(StateFormat):

@@ -216,12 +216,15 @@ def _row_chunks(t: Tensor):
             yield slice(None), slice(c, c + _CHUNK)
 
 
-def _per_tensor_compact(lists: TensorLists, param_update: str, generator, coefs: tuple[Tensor, ...], kwargs) -> None:
+def _per_tensor_compact(
+    lists: TensorLists, param_update: str, generator, coefs: tuple[Tensor, ...], fresh: Optional[list[bool]], kwargs
+) -> None:
     """The update for compact state or rounded parameters, tensor by tensor.
 
     Each slice is decoded to float32, updated by ``_adan_lists`` (the one place the maths
     lives) and encoded back; at a parameter's first step its previous gradient is the
-    current one, exactly (the stored one may have been rounded).
+    current one, exactly (the stored one may have been rounded). ``fresh``: which tensors
+    are at their first step, when known on the host (else a tensor comparison decides).
     """
     kwargs = dict(kwargs)
     scale = kwargs.pop("scale")
@@ -229,7 +232,7 @@ def _per_tensor_compact(lists: TensorLists, param_update: str, generator, coefs:
         p, g, m, v, n, neg = (lst[i] for lst in lists.dense[:6])
         scales = lists.state_scales[i] if lists.state_scales is not None else None
         comp = lists.param_comps[i] if lists.param_comps is not None else None
-        first = lists.state_steps[i].to(p.device) == 1
+        first = fresh[i] if fresh is not None else lists.state_steps[i].to(p.device) == 1
         tensor_coefs = tuple(c[i : i + 1] for c in coefs)
         for chunk in _row_chunks(p):
             if chunk is None:
@@ -247,6 +250,8 @@ def _per_tensor_compact(lists: TensorLists, param_update: str, generator, coefs:
 
 
 def _compact_slice(p, g, m, v, n, neg, comp, scales, first, coefs, scale, param_update, generator, kwargs) -> None:
+    """One slice: decode (to float32 buffers the step may overwrite, or the float32 state
+    itself), update, encode. ``first``: a host bool, or a 0-d bool tensor (traced, device)."""
     fmt = _formats.format_of(m)
     state = {"exp_avg": m, "exp_avg_diff": v, "exp_avg_sq": n}
     if scales is not None:
@@ -254,18 +259,18 @@ def _compact_slice(p, g, m, v, n, neg, comp, scales, first, coefs, scale, param_
     g32 = g.float() if g.dtype != torch.float32 else g
     if scale is not None:
         g32 = g32 * (scale.to(g32.device) if torch.is_tensor(scale) else scale)
-    m32, v32, n32 = (fmt.decode(state, k) for k in MOMENTS)
-    neg32 = torch.where(first, -g32, fmt.decode_neg(neg))
+    work = fmt.decode_all(state, neg)
+    m32, v32, n32, neg32 = work.values
+    if first is True:
+        neg32.copy_(g32).neg_()
+    elif first is not False:
+        neg32.copy_(torch.where(first, -g32, neg32))
     if p.dtype in LOW_PRECISION:
         p32 = p.float() if comp is None else p.float() + comp.float()
     else:
         p32 = p  # float32 parameters are updated in place
     _adan_lists([p32], [g32], [m32], [v32], [n32], [neg32], coefs, fresh=[False], scale=None, **kwargs)  # neg32 is g' already
-    m32 = fmt.mark_nonfinite(m32, n32)
-    low, high = _compact.rounding_bits(m32.shape, m32.device, generator) if fmt.shares_bits else (None, None)
-    for key, value, bits in zip(MOMENTS, (m32, v32, n32), (low, high, low)):
-        fmt.encode(state, key, value, generator=generator, noise=bits)
-    fmt.encode_neg(neg, neg32, generator, noise=high)
+    fmt.encode_all(state, neg, work, generator)
     if p32 is not p:
         _compact.write_param(p, p32, param_update, comp, generator)
 
@@ -295,7 +300,7 @@ def _single_tensor_adan(lists: TensorLists, hp: HParams, opts: _Options) -> None
         _increment(part.state_steps)
         coefs, fresh = _step_coefficients(part.state_steps, opts.lr, hp.beta1, hp.beta2, hp.beta3)
         if compact:
-            _per_tensor_compact(part, opts.param_update, opts.generator, coefs, kwargs)
+            _per_tensor_compact(part, opts.param_update, opts.generator, coefs, fresh, kwargs)
         else:
             _per_tensor(part.dense[:6], coefs, fresh, range(len(part.params)), kwargs)
 
