@@ -106,6 +106,8 @@ def contenders(case: str) -> dict[str, Callable[[list[torch.nn.Parameter]], torc
         pass
     if case == "large":  # dynamo traces the step once per tensor: 1000 tensors take many minutes
         table["adan fused, torch.compile"] = CompiledStep
+        table["adan fused, bfloat16 state, torch.compile"] = lambda ps: CompiledStep(ps, state_dtype="bfloat16")
+        table["adan fused, int8 state, torch.compile"] = lambda ps: CompiledStep(ps, state_dtype="int8")
     if COMPILE_FOREACH:
         table["adan foreach, torch.compile"] = lambda ps: CompiledStep(ps, foreach=True)
     return table

@@ -339,8 +339,9 @@ def _multi_tensor_adan(lists: TensorLists, hp: HParams, opts: _Options) -> None:
 
 def _fused_adan(lists: TensorLists, hp: HParams, opts: _Options) -> None:
     """The fused path: full-precision state through :func:`adan._fused.fused_full`; compact
-    state through the compact kernels where they run, else (under ``torch.compile``, or on
-    CUDA without Triton) through the torch ops of the single-tensor path, which trace."""
+    state through the compact kernels where they run (eagerly or, under ``torch.compile``,
+    as a custom op), else (CUDA without Triton) through the torch ops of the single-tensor
+    path."""
     device = lists.params[0].device
     scalars = _fused.scalars_of(opts.lr, opts.clip_coef, opts.maximize, opts.grad_scale, opts.found_inf, device)
     compact, rest = lists.split_compact(opts.param_update)
@@ -350,7 +351,7 @@ def _fused_adan(lists: TensorLists, hp: HParams, opts: _Options) -> None:
         elif opts.grad_scale is not None or opts.found_inf is not None:
             raise RuntimeError(
                 "fused Adan: compact state (state_dtype != 'float32' or param_update != 'nearest') with a GradScaler "
-                "is supported by the fused kernels in eager mode only"
+                f"needs the compact kernels, which do not run here: {_fused.unavailable_reason(device)}"
             )
         else:  # the multiplier folds the clip factor and the maximize sign, as the kernels take it
             _check_shapes(compact)

@@ -4,9 +4,9 @@ The entry points: :func:`fused_full` (full-precision state) and :func:`fused_com
 (compact state, where :func:`compact_kernels_run`); the dispatch between them lives in
 :mod:`adan._functional`, the kernels behind :mod:`adan._backends` (C/OpenMP on the CPU,
 Triton on CUDA). In eager mode the kernels are called directly (a ctypes call on the
-CPU); under ``torch.compile`` full-precision state goes through the custom op
-``adan::fused_adan_`` so that the compiler sees one opaque op that mutates the
-parameters and the state in place.
+CPU); under ``torch.compile`` they go through the custom ops ``adan::fused_adan_``
+(full-precision state) and ``adan::fused_adan_compact_`` (compact state), so that the
+compiler sees one opaque op per bucket that mutates the parameters and the state in place.
 
 Scalars that may be tensors (lr, the clip factor, GradScaler's scale and found_inf) are
 folded into one small float64 tensor ``scalars = [lr, grad_multiplier, found_inf]`` on
@@ -148,19 +148,63 @@ def fused_full(lists: TensorLists, scalars: Tensor, hp: HParams) -> None:
 
 
 def compact_kernels_run(params: list[Tensor]) -> bool:
-    """Whether the compact kernels can take these tensors (eager, one device type whose
-    backend has a compact kernel that runs here)."""
-    if torch.compiler.is_compiling():
-        return False
+    """Whether the compact kernels can take these tensors: one device type whose backend
+    has a compact kernel that runs here (eagerly, or under ``torch.compile`` as the custom
+    op ``adan::fused_adan_compact_``)."""
     backend = _backends.BACKENDS.get(_backends.device_type_of(params))
     return backend is not None and backend.launch_compact is not None and backend.is_available()
+
+
+@torch.library.custom_op(
+    "adan::fused_adan_compact_",
+    mutates_args=(
+        "params", "exp_avgs", "exp_avg_diffs", "exp_avg_sqs", "neg_pre_grads", "state_steps",
+        "m_scales", "v_scales", "n_scales", "param_comps",
+    ),
+)  # fmt: skip
+def _fused_compact_op(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_diffs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    neg_pre_grads: list[Tensor],
+    state_steps: list[Tensor],
+    m_scales: list[Tensor],
+    v_scales: list[Tensor],
+    n_scales: list[Tensor],
+    param_comps: list[Tensor],
+    param_update: str,
+    scalars: Tensor,
+    beta1: float,
+    beta2: float,
+    beta3: float,
+    eps: float,
+    weight_decay: float,
+    no_prox: bool,
+) -> None:
+    """One compact-kernel call for one bucket, in place. The scale lists (int8 state) and the
+    compensation buffers (Kahan) are empty where the bucket has none; the stochastic-rounding
+    seed comes from torch's default generator (a traced step takes none)."""
+    scales = list(zip(m_scales, v_scales, n_scales)) if m_scales else None
+    lists = TensorLists(params, grads, exp_avgs, exp_avg_diffs, exp_avg_sqs, neg_pre_grads, state_steps, scales, param_comps or None)
+    _backends.get(params[0].device).launch_compact(lists, param_update, scalars, HParams(beta1, beta2, beta3, eps, weight_decay, no_prox))
+
+
+def _compact_op_args(part: TensorLists, param_update: str) -> tuple:
+    """The custom op's optional lists for one bucket: the three scale lists (int8 state)
+    and the compensation buffers (Kahan updates of low-precision parameters), else empty."""
+    first = part.state_scales[0] if part.state_scales is not None else None
+    scales = [[s[j] for s in part.state_scales] for j in range(3)] if first is not None else [[]] * 3
+    kahan = param_update == "kahan" and part.params[0].dtype != torch.float32 and part.param_comps is not None
+    return (*scales, part.param_comps if kahan else [])
 
 
 def fused_compact(
     lists: TensorLists, param_update: str, scalars: Tensor, hp: HParams, generator: Optional[torch.Generator] = None
 ) -> None:
     """Compact tensors (see :func:`compact_kernels_run`): one compact-kernel call per (device,
-    parameter dtype, state format)."""
+    parameter dtype, state format); under ``torch.compile`` each is the custom op."""
     params, exp_avgs = lists.params, lists.exp_avgs
     buckets: dict[tuple, list[int]] = {}
     for i, (p, m) in enumerate(zip(params, exp_avgs)):
@@ -168,4 +212,7 @@ def fused_compact(
     for (device, _, _), idx in buckets.items():
         keep = set(idx)
         part = lists.select([i in keep for i in range(len(params))])
-        _backends.get(device).launch_compact(part, param_update, scalars.to(device), hp, generator=generator)
+        if torch.compiler.is_compiling():
+            torch.ops.adan.fused_adan_compact_(*part.dense, *_compact_op_args(part, param_update), param_update, scalars.to(device), *hp)
+        else:
+            _backends.get(device).launch_compact(part, param_update, scalars.to(device), hp, generator=generator)
