@@ -111,12 +111,14 @@ def quantize_signed(x: Tensor) -> tuple[Tensor, Tensor]:
     :data:`NONFINITE_CODE` (decoded as NaN), so it stays in its element and never
     spoils the scale of the other values of its block."""
     b = _blocks(x.float())
-    finite = b.isfinite()
-    mag = torch.where(finite, b.abs(), 0.0)
-    scale = mag.amax(dim=-1)
+    mag = b.abs()
+    scale = torch.nan_to_num(mag, nan=0.0, posinf=0.0).amax(dim=-1)
     inv = torch.where(scale > 0, 1.0 / scale, torch.zeros_like(scale))
-    mag = torch.floor((mag * inv.unsqueeze(-1)).sqrt() * 127.0 + 0.5)
-    codes = torch.where(finite, mag * b.sign(), float(NONFINITE_CODE)).to(torch.int8)
+    # A finite value's code lies in [-127, 127]; a NaN or infinite one's is NaN or +-inf here
+    # (inf * 0 is NaN where the block has no finite non-zero value), mapped to the mark.
+    codes = mag.mul_(inv.unsqueeze(-1)).sqrt_().mul_(127.0).add_(0.5).floor_().mul_(b.sign())
+    mark = float(NONFINITE_CODE)
+    codes = codes.nan_to_num_(nan=mark, posinf=mark, neginf=mark).to(torch.int8)
     return _unblock(codes, x.shape), scale
 
 
@@ -130,8 +132,7 @@ def dequantize_signed(codes: Tensor, scale: Tensor) -> Tensor:
 
 def quantize_unsigned(x: Tensor) -> tuple[Tensor, Tensor]:
     """Unsigned companded 8-bit codes (uint8) of ``x >= 0`` and per-block scales (float32)."""
-    b = _blocks(x.float())
-    b = torch.where(b.isfinite(), b, 0.0)  # see quantize_signed: m carries the mark (mark_nonfinite)
+    b = torch.nan_to_num(_blocks(x.float()), nan=0.0, posinf=0.0, neginf=0.0)  # m carries the mark (mark_nonfinite)
     scale = b.amax(dim=-1)
     inv = torch.where(scale > 0, 1.0 / scale, torch.zeros_like(scale))
     q = torch.floor((b * inv.unsqueeze(-1)).sqrt().sqrt() * 255.0 + 0.5)
@@ -251,8 +252,11 @@ def scales_like(p: Tensor) -> Tensor:
 def mark_nonfinite(m: Tensor, n: Tensor) -> Tensor:
     """``m`` with NaN where ``n`` is not finite: n's 8-bit code cannot say NaN or inf, so an
     int8 state keeps a non-finite element's mark in m (whose code -128 decodes as NaN). The
-    element then stays non-finite, as with float32 state, and its block is unharmed."""
-    return torch.where(n.isfinite(), m, float("nan"))
+    element then stays non-finite, as with float32 state, and its block is unharmed.
+
+    As ``m + (n - n)``: ``n - n`` is 0 for a finite n and NaN otherwise (the sum turns a -0 of
+    m into +0, which the codes do not tell apart)."""
+    return m + (n - n)
 
 
 def write_param(
