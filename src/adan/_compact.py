@@ -184,14 +184,12 @@ def round_to_bf16(
     Adding 16 random bits below bfloat16's last mantissa bit and truncating does it (``noise``:
     those bits, int32 in ``[0, 2^16)``, drawn here if not given); NaNs stay NaN.
     """
-    x = x.float()
     if not stochastic:
-        return x.to(torch.bfloat16)
-    x = x.contiguous()
+        return x.float().to(torch.bfloat16)  # through float32, as the stochastic branch
     if noise is None:
         noise = torch.randint(0, 1 << 16, x.shape, dtype=torch.int32, device=x.device, generator=_usable(generator, x.device))
-    rounded = (x.view(torch.int32) + noise).bitwise_and_(-65536).view(torch.float32)
-    return torch.where(torch.isnan(x), x, rounded).to(torch.bfloat16)
+    work = x.to(torch.float32, memory_format=torch.contiguous_format, copy=True)
+    return round_to_bf16_(work, noise).to(torch.bfloat16)
 
 
 # ------------------------------------------------------------------ formats
