@@ -25,19 +25,21 @@ import argparse
 import statistics
 import sys
 import time
+import traceback
 
 import torch
 
 from adan import Adan
 
 
-def _check(name: str, fn, results: list) -> None:
+def _check(name: str, fn, results: list, tracebacks: list) -> None:
     start = time.perf_counter()
     try:
         detail = fn()
         results.append((name, "ok", detail or "", time.perf_counter() - start))
-    except Exception as exc:  # report every check, keep going
-        results.append((name, "FAILED", f"{type(exc).__name__}: {exc}"[:300], time.perf_counter() - start))
+    except Exception as exc:  # report every check, keep going; the tracebacks follow the table
+        results.append((name, "FAILED", f"{type(exc).__name__}: {exc}"[:300].replace("\n", " "), time.perf_counter() - start))
+        tracebacks.append((name, traceback.format_exc()))
 
 
 def _params(shapes, dtype, device, seed=0):
@@ -66,6 +68,16 @@ def check_fused_parity(dtype) -> str:
     return f"{dtype} fused == single-tensor"
 
 
+def check_foreach_parity(dtype) -> str:
+    kw = dict(lr=1e-2, weight_decay=0.02, max_grad_norm=1.0)
+    many, om = _run(kw, dtype, "cuda", foreach=True)
+    single, os_ = _run(kw, dtype, "cuda", foreach=False)
+    for a, b in zip(many, single):
+        torch.testing.assert_close(a, b)
+        torch.testing.assert_close(om.state[a]["exp_avg_sq"], os_.state[b]["exp_avg_sq"])
+    return f"{dtype} foreach == single-tensor"
+
+
 def check_compact(fmt) -> str:
     kw = dict(lr=1e-2, weight_decay=0.02, state_dtype=fmt)
     shapes = ((300, 40), (5000,), (64, 8, 3, 3))
@@ -91,10 +103,55 @@ def check_one_launch_per_bucket(fmt) -> str:
     return f"{len(shapes)} tensors, {fmt} state: relative error {err:.1e}"
 
 
+def check_launches(fmt) -> str:
+    """Count the CUDA kernels one step launches (torch's profiler): the Adan kernel must run
+    once for a bucket of 300 tensors."""
+    from torch.profiler import ProfilerActivity, profile
+
+    shapes = tuple((k % 37 + 1, k % 5 + 1) if k % 3 else (k * 7 + 1,) for k in range(300))
+    ps = _params(shapes, torch.float32, "cuda")
+    opt = Adan(ps, lr=1e-2, fused=True, state_dtype=fmt)
+    for p in ps:
+        p.grad = torch.randn_like(p)
+    opt.step()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        opt.step()
+        torch.cuda.synchronize()
+    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    adan = [e.name for e in kernels if "adan" in e.name]
+    assert len(adan) == 1, adan
+    others = sorted({e.name[:40] for e in kernels if "adan" not in e.name})
+    return f"{fmt} state, 300 tensors: 1 Adan kernel ({adan[0]}), {len(kernels) - 1} other kernels/copies ({', '.join(others)[:160]})"
+
+
+def check_compile_fused(fmt) -> str:
+    """torch.compile of a fused step (the custom ops around the Triton kernels) against eager."""
+    kw = dict(lr=1e-2, weight_decay=0.02, fused=True, state_dtype=fmt)
+    shapes = ((300, 40), (5000,), (64, 8, 3, 3))
+    ps = _params(shapes, torch.float32, "cuda")
+    ref = [torch.nn.Parameter(p.detach().clone()) for p in ps]
+    opt, ref_opt = Adan(ps, **kw), Adan(ref, **kw)
+    step = torch.compile(opt.step)
+    g = torch.Generator().manual_seed(3)
+    for i in range(3):
+        for p, q in zip(ps, ref):
+            p.grad = torch.randn(p.shape, generator=g).to("cuda")
+            q.grad = p.grad.clone()
+        torch.manual_seed(i)
+        step()
+        torch.manual_seed(i)
+        ref_opt.step()
+    err = max(((a - b).norm() / b.norm()).item() for a, b in zip(ps, ref))
+    assert err < (1e-6 if fmt == "float32" else 2e-3), err
+    return f"{fmt} state: compiled fused step vs eager, relative error {err:.1e}"
+
+
 def check_grad_scaler() -> str:
     ps = _params(((128, 128),), torch.float32, "cuda")
     opt = Adan(ps, lr=1e-2, fused=True)
     scaler = torch.amp.GradScaler("cuda")
+    scaler.scale(ps[0].sum())  # the scaler sets its scale up at the first scale()
     before = ps[0].detach().clone()
     ps[0].grad = torch.full_like(ps[0], float("inf"))
     scaler.step(opt)
@@ -176,6 +233,11 @@ def timings(reps: int) -> list[tuple]:
             q.grad = p.grad
         adan_opt = Adan(adan_ps, lr=1e-3, fused=True)
         adamw_opt = torch.optim.AdamW(adamw_ps, lr=1e-3, fused=True)
+        others = {
+            "foreach": Adan(adan_ps, lr=1e-3, foreach=True),
+            "bf16 state": Adan(adan_ps, lr=1e-3, fused=True, state_dtype="bfloat16"),
+            "int8 state": Adan(adan_ps, lr=1e-3, fused=True, state_dtype="int8"),
+        }
         n = sum(p.numel() for p in adan_ps)
         src = torch.empty(n * 11, device="cuda")  # 44 bytes per parameter: half read, half written
         dst = torch.empty(n * 11, device="cuda")
@@ -183,9 +245,15 @@ def timings(reps: int) -> list[tuple]:
             adan_opt.step()
             adamw_opt.step()
             dst.copy_(src)
+            for opt in others.values():
+                opt.step()
         t_adan, t_adamw, t_copy = _time(adan_opt.step, reps), _time(adamw_opt.step, reps), _time(lambda: dst.copy_(src), reps)
         gbs = 2 * src.numel() * 4 / (t_copy / 1e3) / 1e9
-        rows.append((case, t_adan, t_adamw, t_copy, gbs))
+        rows.append((case, "fused, float32 state", t_adan, t_adamw, t_copy, gbs))
+        for name, opt in others.items():
+            rows.append((case, name, _time(opt.step, reps), t_adamw, t_copy, gbs))
+        del others, adan_opt, adamw_opt, src, dst
+        torch.cuda.empty_cache()
     return rows
 
 
@@ -204,24 +272,33 @@ def main() -> int:
     except ImportError:
         print(f"{torch.cuda.get_device_name()}, no triton: fused=True cannot run on CUDA")
     results: list = []
-    for dtype in (torch.float32, torch.bfloat16, torch.float16):
-        _check(f"fused parity {dtype}", lambda d=dtype: check_fused_parity(d), results)
-    for fmt in ("bfloat16", "int8"):
-        _check(f"compact {fmt}", lambda f=fmt: check_compact(f), results)
-    for fmt in ("float32", "bfloat16", "int8"):
-        _check(f"one launch per bucket, {fmt}", lambda f=fmt: check_one_launch_per_bucket(f), results)
-    _check("GradScaler inf skip", check_grad_scaler, results)
-    _check("capturable under CUDA graphs", check_cuda_graph, results)
-    _check("torch.compile", check_compile, results)
+    tracebacks: list = []
+    checks = [(f"fused parity {d}", lambda d=d: check_fused_parity(d)) for d in (torch.float32, torch.bfloat16, torch.float16)]
+    checks += [(f"foreach parity {d}", lambda d=d: check_foreach_parity(d)) for d in (torch.float32, torch.bfloat16)]
+    checks += [(f"compact {f}", lambda f=f: check_compact(f)) for f in ("bfloat16", "int8")]
+    checks += [(f"one launch per bucket, {f}", lambda f=f: check_one_launch_per_bucket(f)) for f in ("float32", "bfloat16", "int8")]
+    checks += [(f"kernels per step, {f}", lambda f=f: check_launches(f)) for f in ("float32", "bfloat16", "int8")]
+    checks += [("GradScaler inf skip", check_grad_scaler), ("capturable under CUDA graphs", check_cuda_graph)]
+    checks += [("torch.compile, default path", check_compile)]
+    checks += [(f"torch.compile, fused {f}", lambda f=f: check_compile_fused(f)) for f in ("float32", "bfloat16", "int8")]
+    for name, fn in checks:
+        _check(name, fn, results, tracebacks)
+        print(f"{results[-1][1]:6} {name} ({results[-1][3]:.1f} s)", flush=True)
     print("\n| check | result | detail | s |\n|---|---|---|---:|")
     for name, status, detail, secs in results:
         print(f"| {name} | {status} | {detail} | {secs:.1f} |")
-    rows = timings(5 if args.quick else 20)
-    print("\n| case | adan fused ms | torch fused AdamW ms | copy of Adan's bytes ms (GB/s) | x AdamW | x copy floor |")
-    print("|---|---:|---:|---:|---:|---:|")
-    for case, a, w, c, gbs in rows:
-        print(f"| {case} | {a:.3f} | {w:.3f} | {c:.3f} ({gbs:.0f}) | {a / w:.2f} | {a / c:.2f} |")
-    return 1 if any(r[1] != "ok" for r in results) else 0
+    try:
+        rows = timings(5 if args.quick else 20)
+    except Exception:
+        tracebacks.append(("timings", traceback.format_exc()))
+        rows = []
+    print("\n| case | Adan | Adan ms | torch fused AdamW ms | copy of Adan's bytes ms (GB/s) | x AdamW | x copy floor |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for case, name, a, w, c, gbs in rows:
+        print(f"| {case} | {name} | {a:.3f} | {w:.3f} | {c:.3f} ({gbs:.0f}) | {a / w:.2f} | {a / c:.2f} |")
+    for name, tb in tracebacks:
+        print(f"\n--- {name} ---\n{tb}")
+    return 1 if tracebacks else 0
 
 
 if __name__ == "__main__":
