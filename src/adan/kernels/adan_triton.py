@@ -20,12 +20,14 @@ from torch import Tensor
 from adan._lists import TensorLists
 from adan._maths import HParams
 from adan.kernels.triton_common import (
-    adan_update, capturing, hparam_bits, pointer_tables, prepare, table_pointer, step_coefficients, step_scalars,
+    adan_update, bucket_tables, capturing, check_shapes, flat_grads, hparam_bits, step_coefficients, step_scalars,
+    table_pointer,
 )  # fmt: skip
 
 __all__ = ["launch_full"]
 
 _BLOCK = 1024
+_NUM_WARPS = 8  # the fastest of 4, 8, 16 warps x 1024, 2048, 4096 elements (benchmarks/gpu_tune.py)
 
 
 @triton.jit
@@ -71,25 +73,25 @@ def _adan_kernel(
 
 @triton.jit
 def _adan_table_kernel(
-    table_ptr, tiles_ptr, coefs_ptr, scalars_ptr, n_tensors,
+    table_ptr, grads_ptr, tiles_ptr, coefs_ptr, scalars_ptr, n_tensors,
     b1_bits, b2_bits, b3_bits, eps_bits, wd_bits,
     NO_PROX: tl.constexpr, P_DT: tl.constexpr, S_DT: tl.constexpr, COMPUTE_F64: tl.constexpr, BLOCK: tl.constexpr,
 ):  # fmt: skip
-    """Every tensor of a bucket in one launch. ``table`` holds six rows of ``n_tensors`` data
-    pointers (p, g, m, v, n, neg) and then the tensors' sizes; program ``i`` updates
-    elements ``tiles[2i + 1]`` onwards of tensor ``tiles[2i]``."""
+    """Every tensor of a bucket in one launch. ``table`` holds five rows of ``n_tensors`` data
+    pointers (p, m, v, n, neg) and then the tensors' sizes, ``grads`` the gradients'
+    pointers; program ``i`` updates elements ``tiles[2i + 1]`` onwards of tensor ``tiles[2i]``."""
     if tl.load(scalars_ptr + 2) == 0:  # found_inf
         pid = tl.program_id(0).to(tl.int64)
         k = tl.load(tiles_ptr + 2 * pid)
         offs = tl.load(tiles_ptr + 2 * pid + 1) + tl.arange(0, BLOCK)
-        mask = offs < tl.load(table_ptr + 6 * n_tensors + k)
+        mask = offs < tl.load(table_ptr + 5 * n_tensors + k)
         _update_block(
             table_pointer(table_ptr, n_tensors, k, 0, P_DT),
-            table_pointer(table_ptr, n_tensors, k, 1, P_DT),
+            table_pointer(grads_ptr, n_tensors, k, 0, P_DT),
+            table_pointer(table_ptr, n_tensors, k, 1, S_DT),
             table_pointer(table_ptr, n_tensors, k, 2, S_DT),
             table_pointer(table_ptr, n_tensors, k, 3, S_DT),
             table_pointer(table_ptr, n_tensors, k, 4, S_DT),
-            table_pointer(table_ptr, n_tensors, k, 5, S_DT),
             coefs_ptr + 4 * k, scalars_ptr, offs, mask,
             b1_bits, b2_bits, b3_bits, eps_bits, wd_bits, NO_PROX, tl.float64 if COMPUTE_F64 else tl.float32,
         )  # fmt: skip
@@ -103,25 +105,30 @@ def launch_full(lists: TensorLists, scalars: Tensor, hp: HParams) -> None:
     the bucket (a tensor per launch under CUDA-graph capture)."""
     params = lists.params
     device = params[0].device
-    grads = prepare(lists._replace(state_scales=None))
+    lists = lists._replace(grads=flat_grads(params, lists.grads), state_scales=None)
     coefs = step_coefficients(lists.state_steps, scalars, hp, device)
     compute_f64 = params[0].dtype == torch.float64
     bits = hparam_bits(hp)
-    slots = [params, grads, lists.exp_avgs, lists.exp_avg_diffs, lists.exp_avg_sqs, lists.neg_pre_grads]
+    states = [lists.exp_avgs, lists.exp_avg_diffs, lists.exp_avg_sqs, lists.neg_pre_grads]
     if not capturing(device):
-        table, tiles = pointer_tables(slots, [p.numel() for p in params], _BLOCK, device)
+        numels = [p.numel() for p in params]
+        table, grad_table, tiles = bucket_tables(
+            [params, *states], lists.grads, [-(-n // _BLOCK) for n in numels], numels, _BLOCK, device,
+            lambda: check_shapes(lists),
+        )  # fmt: skip
         if tiles.numel():
             _adan_table_kernel[(tiles.numel() // 2,)](
-                table, tiles, coefs, scalars, len(params), *bits, NO_PROX=bool(hp.no_prox),
+                table, grad_table, tiles, coefs, scalars, len(params), *bits, NO_PROX=bool(hp.no_prox),
                 P_DT=_TL_DTYPES[params[0].dtype], S_DT=_TL_DTYPES[lists.exp_avgs[0].dtype], COMPUTE_F64=compute_f64,
-                BLOCK=_BLOCK,
+                BLOCK=_BLOCK, num_warps=_NUM_WARPS,
             )  # fmt: skip
         return
+    check_shapes(lists)  # under capture: a launch per tensor, no table, checked every time
     for k, p in enumerate(params):
         numel = p.numel()
         if numel == 0:
             continue
         _adan_kernel[(triton.cdiv(numel, _BLOCK),)](
-            *(slot[k] for slot in slots), coefs[k], scalars, numel, *bits,
-            NO_PROX=bool(hp.no_prox), COMPUTE_F64=compute_f64, BLOCK=_BLOCK,
+            p, lists.grads[k], *(slot[k] for slot in states), coefs[k], scalars, numel, *bits,
+            NO_PROX=bool(hp.no_prox), COMPUTE_F64=compute_f64, BLOCK=_BLOCK, num_warps=_NUM_WARPS,
         )  # fmt: skip

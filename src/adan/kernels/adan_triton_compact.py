@@ -28,18 +28,19 @@ from adan._formats import format_of
 from adan._lists import TensorLists
 from adan._maths import HParams
 from adan.kernels.triton_common import (
-    adan_update, capturing, hparam_bits, pointer_tables, prepare, table_pointer, step_coefficients, step_scalars, to_bf16_sr,
+    adan_update, bucket_tables, capturing, check_shapes, flat_grads, hparam_bits, step_coefficients, step_scalars,
+    table_pointer, to_bf16_sr,
 )  # fmt: skip
 
 __all__ = ["launch_compact"]
 
 # The codes of adan/_codes.py, as compile-time constants of the kernel.
-_F32: tl.constexpr = int(Format.F32)
-_BF16: tl.constexpr = int(Format.BF16)
-_INT8: tl.constexpr = int(Format.INT8)
-_STOCHASTIC: tl.constexpr = int(ParamUpdate.STOCHASTIC)
-_KAHAN: tl.constexpr = int(ParamUpdate.KAHAN)
-_NONFINITE: tl.constexpr = float(NONFINITE_CODE)
+_F32 = tl.constexpr(int(Format.F32))
+_BF16 = tl.constexpr(int(Format.BF16))
+_INT8 = tl.constexpr(int(Format.INT8))
+_STOCHASTIC = tl.constexpr(int(ParamUpdate.STOCHASTIC))
+_KAHAN = tl.constexpr(int(ParamUpdate.KAHAN))
+_NONFINITE = tl.constexpr(float(NONFINITE_CODE))
 
 
 @triton.jit
@@ -150,32 +151,35 @@ def _adan_compact_kernel(
 
 @triton.jit
 def _adan_compact_table_kernel(
-    table_ptr, tiles_ptr, coefs_ptr, scalars_ptr, seed_ptr, n_tensors, b1_bits, b2_bits, b3_bits, eps_bits, wd_bits,
+    table_ptr, grads_ptr, tiles_ptr, coefs_ptr, scalars_ptr, seed_ptr, n_tensors, b1_bits, b2_bits, b3_bits, eps_bits, wd_bits,
     P_DT: tl.constexpr, S_DT: tl.constexpr, NEG_DT: tl.constexpr, SCALE_DT: tl.constexpr, N_DT: tl.constexpr,
     FMT: tl.constexpr, PU: tl.constexpr, LOW_PRECISION: tl.constexpr, NO_PROX: tl.constexpr, BLOCK: tl.constexpr,
 ):  # fmt: skip
-    """Every tensor of a bucket in one launch. ``table``: ten rows of ``n_tensors`` data
-    pointers (p, g, m, v, n, neg, the three scales, comp), then each tensor's ``cols`` and
-    ``n_blocks``; program ``i`` updates block ``tiles[2i + 1]`` of tensor ``tiles[2i]``."""
+    """Every tensor of a bucket in one launch. ``table``: nine rows of ``n_tensors`` data
+    pointers (p, m, v, n, neg, the three scales, comp), then each tensor's ``cols`` and
+    ``n_blocks``; ``grads``: the gradients' pointers; program ``i`` updates block
+    ``tiles[2i + 1]`` of tensor ``tiles[2i]``."""
     if tl.load(scalars_ptr + 2) == 0:  # found_inf
         pid = tl.program_id(0).to(tl.int64)
         k = tl.load(tiles_ptr + 2 * pid)
         _compact_block(
             table_pointer(table_ptr, n_tensors, k, 0, P_DT),
-            table_pointer(table_ptr, n_tensors, k, 1, P_DT),
+            table_pointer(grads_ptr, n_tensors, k, 0, P_DT),
+            table_pointer(table_ptr, n_tensors, k, 1, S_DT),
             table_pointer(table_ptr, n_tensors, k, 2, S_DT),
-            table_pointer(table_ptr, n_tensors, k, 3, S_DT),
-            table_pointer(table_ptr, n_tensors, k, 4, N_DT),
-            table_pointer(table_ptr, n_tensors, k, 5, NEG_DT),
+            table_pointer(table_ptr, n_tensors, k, 3, N_DT),
+            table_pointer(table_ptr, n_tensors, k, 4, NEG_DT),
+            table_pointer(table_ptr, n_tensors, k, 5, SCALE_DT),
             table_pointer(table_ptr, n_tensors, k, 6, SCALE_DT),
             table_pointer(table_ptr, n_tensors, k, 7, SCALE_DT),
-            table_pointer(table_ptr, n_tensors, k, 8, SCALE_DT),
-            table_pointer(table_ptr, n_tensors, k, 9, P_DT),
+            table_pointer(table_ptr, n_tensors, k, 8, P_DT),
             coefs_ptr + 4 * k, scalars_ptr, seed_ptr, tl.load(tiles_ptr + 2 * pid + 1),
-            tl.load(table_ptr + 10 * n_tensors + k), tl.load(table_ptr + 11 * n_tensors + k),
+            tl.load(table_ptr + 9 * n_tensors + k), tl.load(table_ptr + 10 * n_tensors + k),
             b1_bits, b2_bits, b3_bits, eps_bits, wd_bits, FMT, PU, LOW_PRECISION, NO_PROX, BLOCK,
         )  # fmt: skip
 
+
+_NUM_WARPS = 2  # the fastest of 1, 2, 4, 8 warps per 256-value block (benchmarks/gpu_tune.py)
 
 _TL_DTYPES = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16,
               torch.int8: tl.int8, torch.uint8: tl.uint8}  # fmt: skip
@@ -196,7 +200,8 @@ def launch_compact(
         return
     params = lists.params
     device = params[0].device
-    grads = prepare(lists, lists.param_comps)
+    lists = lists._replace(grads=flat_grads(params, lists.grads))
+    grads = lists.grads
     if param_update == "stochastic" and any(p.dtype == torch.float16 for p in params):
         raise ValueError("param_update='stochastic' rounds to bfloat16; float16 parameters take 'kahan'")
     coefs = step_coefficients(lists.state_steps, scalars, hp, device)
@@ -209,28 +214,33 @@ def launch_compact(
     n_blocks = [-(-cols // BLOCK) for _, cols in layouts]
     scales = [lists.state_scales[k] if fmt.scale_keys else (p, p, p) for k, p in enumerate(params)]  # (p: unused)
     comps = [c if c is not None else p for p, c in zip(params, lists.param_comps or [None] * len(params))]  # (p: unused)
-    slots = [params, grads, lists.exp_avgs, lists.exp_avg_diffs, lists.exp_avg_sqs, lists.neg_pre_grads,
-             *([s[j] for s in scales] for j in range(3)), comps]  # fmt: skip
+    states = [lists.exp_avgs, lists.exp_avg_diffs, lists.exp_avg_sqs, lists.neg_pre_grads,
+              *([s[j] for s in scales] for j in range(3)), comps]  # fmt: skip
     consts = dict(
         FMT=int(fmt.code), PU=int(ParamUpdate[param_update.upper()]), LOW_PRECISION=params[0].dtype in (torch.bfloat16, torch.float16),
         NO_PROX=bool(hp.no_prox), BLOCK=BLOCK,
     )  # fmt: skip
+    check = lambda: check_shapes(lists, lists.param_comps)  # noqa: E731
     if not capturing(device):
         # A tensor's tiles are its blocks, rows x n_blocks; the table's sizes part carries cols and n_blocks.
         tiles_per = [rows * nb for (rows, _), nb in zip(layouts, n_blocks)]
-        table, tiles = pointer_tables(slots, tiles_per, 1, device, extra=[c for _, c in layouts] + n_blocks)
+        table, grad_table, tiles = bucket_tables(
+            [params, *states], grads, tiles_per, [c for _, c in layouts] + n_blocks, 1, device, check
+        )  # fmt: skip
         if tiles.numel():
             dtypes = dict(P_DT=_TL_DTYPES[params[0].dtype], S_DT=_TL_DTYPES[lists.exp_avgs[0].dtype],
                           N_DT=_TL_DTYPES[lists.exp_avg_sqs[0].dtype], NEG_DT=_TL_DTYPES[lists.neg_pre_grads[0].dtype],
                           SCALE_DT=tl.float32)  # fmt: skip
             _adan_compact_table_kernel[(tiles.numel() // 2,)](
-                table, tiles, coefs, scalars, seed, len(params), *bits, **dtypes, **consts
+                table, grad_table, tiles, coefs, scalars, seed, len(params), *bits, **dtypes, **consts, num_warps=_NUM_WARPS
             )
         return
+    check()  # under capture: a launch per tensor, no table, checked every time
     for k, p in enumerate(params):
         rows, cols = layouts[k]
         if rows * n_blocks[k] == 0:
             continue
         _adan_compact_kernel[(rows * n_blocks[k],)](
-            *(slot[k] for slot in slots), coefs[k], scalars, seed, cols, n_blocks[k], *bits, **consts
-        )
+            p, grads[k], *(slot[k] for slot in states), coefs[k], scalars, seed, cols, n_blocks[k], *bits, **consts,
+            num_warps=_NUM_WARPS,
+        )  # fmt: skip

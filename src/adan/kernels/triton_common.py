@@ -9,20 +9,21 @@ under Triton's interpreter (``TRITON_INTERPRET=1``) for testing.
 from __future__ import annotations
 
 import struct
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 
-from adan._checks import check_state_shapes
+from adan._checks import LayoutCache, check_state_shapes
 from adan._compact import scale_shape
 from adan._lists import TensorLists
 from adan._maths import HParams, bias_corrections
 
 __all__ = [
-    "hparam_bits", "step_coefficients", "prepare", "capturing", "pointer_tables", "table_pointer", "step_scalars", "adan_update", "to_bf16_sr",
+    "hparam_bits", "step_coefficients", "flat_grads", "check_shapes", "capturing", "bucket_tables", "table_pointer",
+    "step_scalars", "adan_update", "to_bf16_sr",
 ]  # fmt: skip
 
 
@@ -46,18 +47,29 @@ def step_coefficients(state_steps: list[Tensor], scalars: Tensor, hp: HParams, d
     return torch.stack([a1, a2, c3, (t != 1).to(torch.float64)], dim=1).contiguous()
 
 
-def prepare(lists: TensorLists, comps: Optional[list] = None) -> list[Tensor]:
-    """Check the shapes of every buffer and that the parameters are contiguous; return the
-    gradients as contiguous tensors of their parameters' dtypes."""
+def flat_grads(params: list[Tensor], grads: list[Tensor]) -> list[Tensor]:
+    """The gradients as contiguous tensors of their parameters' dtypes, once the parameters
+    are known to be contiguous (the kernels index them flat)."""
+    if not all(map(Tensor.is_contiguous, params)):
+        k = next(k for k, p in enumerate(params) if not p.is_contiguous())
+        raise ValueError(
+            f"fused Adan needs contiguous parameters; parameter {k} of shape {tuple(params[k].shape)} has strides "
+            f"{params[k].stride()} (use foreach=True, or make the parameter contiguous)"
+        )
+    if all(map(Tensor.is_contiguous, grads)) and all(g.dtype == p.dtype for p, g in zip(params, grads)):
+        return grads
+    return [g if g.dtype == p.dtype and g.is_contiguous() else g.to(p.dtype).contiguous() for p, g in zip(params, grads)]
+
+
+def check_shapes(lists: TensorLists, comps: Optional[list] = None) -> None:
+    """Every buffer (and int8 scale) shaped like its parameter: the full check, run by
+    :func:`bucket_tables` for each new memory layout."""
     check_state_shapes(
         lists.params,
         (("grad", lists.grads), ("exp_avg", lists.exp_avgs), ("exp_avg_diff", lists.exp_avg_diffs),
          ("exp_avg_sq", lists.exp_avg_sqs), ("neg_pre_grad", lists.neg_pre_grads), ("param_comp", comps)),
         lists.state_scales, scale_shape,
     )  # fmt: skip
-    if any(not p.is_contiguous() for p in lists.params):
-        raise ValueError("fused Adan needs contiguous parameters (use foreach=True for strided ones)")
-    return [g if g.dtype == p.dtype and g.is_contiguous() else g.to(p.dtype).contiguous() for p, g in zip(lists.params, lists.grads)]
 
 
 def capturing(device: torch.device) -> bool:
@@ -65,33 +77,50 @@ def capturing(device: torch.device) -> bool:
     return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
 
 
-_TILES: dict[tuple, Tensor] = {}  # (device, tile size, sizes) -> tiles; a few buckets' worth
+# Device tables per memory layout (see LayoutCache): the state tables with their tiles, and
+# the gradients' pointers (which the caching allocator often hands back unchanged).
+_STATE_TABLES = LayoutCache()
+_GRAD_TABLES = LayoutCache()
 
 
-def pointer_tables(
-    slots: list[list[Tensor]], numels: list[int], tile: int, device: torch.device, extra: Optional[list[int]] = None
-) -> tuple[Tensor, Tensor]:
-    """``(table, tiles)`` on ``device`` for one launch over a bucket. ``table``: the data
-    pointers of every slot (a row of ``len(numels)`` per slot), then ``extra`` if given, else
-    the sizes. ``tiles``: ``(tensor index, first element)`` per program of ``tile``
-    elements, empty tensors skipped. The pointers change every step (gradients are new
-    tensors) and travel in one copy from pinned memory, without a host sync; the tiles
-    depend only on the sizes and are kept."""
-    host = torch.tensor([t.data_ptr() for slot in slots for t in slot] + (numels if extra is None else extra),
-                        dtype=torch.int64, pin_memory=device.type == "cuda")  # fmt: skip
-    table = host.to(device, non_blocking=True)
-    key = (device, tile, tuple(numels))
-    tiles = _TILES.get(key)
-    if tiles is None:
-        counts = torch.tensor([-(-n // tile) for n in numels], dtype=torch.int64)
-        index = torch.repeat_interleave(torch.arange(len(numels)), counts)
-        first = torch.cumsum(counts, 0) - counts  # each tensor's first tile
-        start = (torch.arange(int(counts.sum())) - first[index]) * tile
-        tiles = torch.stack([index, start], 1).reshape(-1).to(device)
-        if len(_TILES) >= 16:
-            _TILES.pop(next(iter(_TILES)))
-        _TILES[key] = tiles
-    return table, tiles
+def _on_device(values: list[int], device: torch.device) -> Tensor:
+    """int64 ``values`` on ``device``: one copy from pinned memory, no host sync."""
+    host = torch.tensor(values, dtype=torch.int64, pin_memory=device.type == "cuda")
+    return host.to(device, non_blocking=True)
+
+
+def bucket_tables(
+    slots: list[list[Tensor]], grads: list[Tensor], counts: list[int], extra: list[int], tile: int,
+    device: torch.device, check: Callable[[], None],
+) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
+    """``(table, grad_table, tiles)`` on ``device`` for one launch over a bucket.
+
+    ``table``: the data pointers of every slot (a row of ``len(counts)`` per slot; the
+    parameters first), then ``extra`` (per-tensor sizes). ``grad_table``: the gradients'
+    data pointers. ``tiles``: ``(tensor index, first element)`` per program of ``tile``
+    elements, ``counts[k]`` programs for tensor ``k``.
+
+    Each step reads every pointer and every parameter's shape (no device access); a table
+    is built, after ``check()`` passed, only for a layout not seen in the last few steps,
+    so a state tensor replaced or loaded, a parameter resized or moved, ``restart_opt`` or
+    a new parameter group never let a kernel read through a stale pointer.
+    """
+    params = slots[0]
+    pointers = [t.data_ptr() for slot in slots for t in slot]
+    shapes = [device, *(p.shape for p in params)]
+
+    def build() -> tuple[Tensor, Tensor]:
+        check()
+        count = torch.tensor(counts, dtype=torch.int64)
+        index = torch.repeat_interleave(torch.arange(len(counts)), count)
+        first = torch.cumsum(count, 0) - count  # each tensor's first tile
+        start = (torch.arange(int(count.sum())) - first[index]) * tile
+        return _on_device(pointers + extra, device), torch.stack([index, start], 1).reshape(-1).to(device)
+
+    table, tiles = _STATE_TABLES.get(pointers, shapes, build)
+    grad_pointers = [g.data_ptr() for g in grads]
+    grad_table = _GRAD_TABLES.get(grad_pointers, [device], lambda: _on_device(grad_pointers, device))
+    return table, grad_table, tiles
 
 
 @triton.jit
