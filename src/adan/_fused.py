@@ -101,8 +101,8 @@ def grad_multiplier(
 def _fused_impl(lists: TensorLists, scalars: Tensor, hp: HParams) -> None:
     """One launch per (device, parameter dtype) bucket, by the device's backend."""
     params = lists.params
-    if len({p.dtype for p in params}) == 1 and params[0].device.type == "cpu":
-        buckets = [(lists, params[0].device)]  # the common case, without grouping costs
+    if len({p.dtype for p in params}) == 1 and len({(p.get_device(), p.is_cpu, p.is_cuda) for p in params}) == 1:
+        buckets = [(lists, params[0].device)]  # the common case (one device, one dtype), without grouping costs
     else:
         grouped = torch._C._group_tensors_by_device_and_dtype(list(lists.dense), False)
         buckets = [(TensorLists(*bucket), device) for (device, _), (bucket, _) in grouped.items()]
