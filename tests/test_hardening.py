@@ -425,7 +425,7 @@ def test_cached_pointer_tables_follow_every_change_of_layout(state_dtype):
     reason="Triton is not installed (pip install triton) for its CPU interpreter",
 )
 def test_triton_device_tables_follow_every_change_of_layout():
-    """The same for the Triton launchers, which keep each layout's pointer table (and the
+    """The same for the Triton launchers (and their int8 encoder on a subnormal block), which keep each layout's pointer table (and the
     gradients' pointers) on the device: run under Triton's interpreter on CPU tensors, as
     the backend of the CPU. Float32 parameters: the kernels' rounding draws differ from the
     foreach path's, by far less than the 1e-3 tolerance (a stale table would leave a
@@ -444,11 +444,14 @@ def test_triton_device_tables_follow_every_change_of_layout():
             for fmt in ("float32", "bfloat16", "int8"):
                 follow_layout_changes(fmt, torch.float32, 1e-3 if fmt != "float32" else 1e-5)
                 print("ok", fmt)
+            from test_compact import test_int8_state_decaying_to_subnormal_stays_finite
+            test_int8_state_decaying_to_subnormal_stays_finite(dict(fused=True))  # the Triton int8 encoder
+            print("ok", "subnormal")
     """
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     out = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, env=env, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert out.stdout.split() == ["ok", "float32", "ok", "bfloat16", "ok", "int8"], out.stdout
+    assert out.stdout.split() == ["ok", "float32", "ok", "bfloat16", "ok", "int8", "ok", "subnormal"], out.stdout
 
 
 def follow_layout_changes(state_dtype: str, dtype: torch.dtype, atol: float) -> None:

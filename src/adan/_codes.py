@@ -17,6 +17,7 @@ __all__ = ["DType", "Format", "ParamUpdate", "c_defines", "dtype_code"]
 
 BLOCK = 256  # values per float32 scale of an int8 state buffer
 NONFINITE_CODE = -128  # m and v codes run over [-127, 127]; this one marks a NaN/inf element
+FLT_MIN = 2.0**-126  # the smallest scale of an int8 block (the smallest normal float32)
 
 
 class DType(IntEnum):

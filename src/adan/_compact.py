@@ -46,10 +46,11 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from adan._codes import BLOCK, NONFINITE_CODE
+from adan._codes import BLOCK, FLT_MIN, NONFINITE_CODE
 
 __all__ = [
     "BLOCK",
+    "block_scale",
     "MIN_INT8_NUMEL",
     "PARAM_UPDATES",
     "block_layout",
@@ -104,6 +105,15 @@ def _unblock(b: Tensor, shape: torch.Size) -> Tensor:
 
 
 # ------------------------------------------------------------------ int8 maps
+def block_scale(amax: Tensor) -> Tensor:
+    """A block's scale from its largest finite magnitude: that magnitude, but at least
+    ``FLT_MIN`` (the smallest normal float32) where it is positive. ``1 / amax`` of a
+    subnormal maximum overflows to inf, which would turn every code of the block into the
+    non-finite mark; a state decaying towards zero (an unused embedding row's m) gets there.
+    The kernels do the same."""
+    return torch.where((amax > 0) & (amax < FLT_MIN), FLT_MIN, amax)
+
+
 def quantize_signed(x: Tensor) -> tuple[Tensor, Tensor]:
     """Signed companded 8-bit codes (int8, shaped like ``x``) and per-block scales (float32).
 
@@ -112,7 +122,7 @@ def quantize_signed(x: Tensor) -> tuple[Tensor, Tensor]:
     spoils the scale of the other values of its block."""
     b = _blocks(x.float())
     mag = b.abs()
-    scale = torch.nan_to_num(mag, nan=0.0, posinf=0.0).amax(dim=-1)
+    scale = block_scale(torch.nan_to_num(mag, nan=0.0, posinf=0.0).amax(dim=-1))
     inv = torch.where(scale > 0, 1.0 / scale, torch.zeros_like(scale))
     # A finite value's code lies in [-127, 127]; a NaN or infinite one's is NaN or +-inf here
     # (inf * 0 is NaN where the block has no finite non-zero value), mapped to the mark.
@@ -133,7 +143,7 @@ def dequantize_signed(codes: Tensor, scale: Tensor) -> Tensor:
 def quantize_unsigned(x: Tensor) -> tuple[Tensor, Tensor]:
     """Unsigned companded 8-bit codes (uint8) of ``x >= 0`` and per-block scales (float32)."""
     b = torch.nan_to_num(_blocks(x.float()), nan=0.0, posinf=0.0, neginf=0.0)  # m carries the mark (mark_nonfinite)
-    scale = b.amax(dim=-1)
+    scale = block_scale(b.amax(dim=-1))
     inv = torch.where(scale > 0, 1.0 / scale, torch.zeros_like(scale))
     q = torch.floor((b * inv.unsqueeze(-1)).sqrt().sqrt() * 255.0 + 0.5)
     q = torch.maximum(q, (b > 0).float())  # a positive value never becomes 0

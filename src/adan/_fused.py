@@ -207,11 +207,15 @@ def fused_compact(
     parameter dtype, state format); under ``torch.compile`` each is the custom op."""
     params, exp_avgs = lists.params, lists.exp_avgs
     buckets: dict[tuple, list[int]] = {}
-    for i, (p, m) in enumerate(zip(params, exp_avgs)):
-        buckets.setdefault((p.device, p.dtype, m.dtype), []).append(i)
-    for (device, _, _), idx in buckets.items():
-        keep = set(idx)
-        part = lists.select([i in keep for i in range(len(params))])
+    for i, (p, m) in enumerate(zip(params, exp_avgs)):  # (get_device and is_cuda: no device object per tensor)
+        buckets.setdefault((p.get_device(), p.is_cpu, p.is_cuda, p.dtype, m.dtype), []).append(i)
+    for idx in buckets.values():
+        device = params[idx[0]].device
+        if len(buckets) == 1:
+            part = lists
+        else:
+            keep = set(idx)
+            part = lists.select([i in keep for i in range(len(params))])
         if torch.compiler.is_compiling():
             torch.ops.adan.fused_adan_compact_(*part.dense, *_compact_op_args(part, param_update), param_update, scalars.to(device), *hp)
         else:

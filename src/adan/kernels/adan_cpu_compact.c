@@ -30,6 +30,7 @@
  * are its results. The memory-bound float32 kernel keeps the default width. */
 #pragma GCC target("prefer-vector-width=512")
 #endif
+#include <float.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -197,6 +198,11 @@ static inline __attribute__((always_inline)) void block_impl(
             max_n = an > max_n ? an : max_n;
         }
     }
+    /* A block whose largest value is subnormal gets the scale FLT_MIN: 1/amax would overflow
+     * to inf and turn every code into the non-finite mark (NaN once decoded). */
+    amax_m = amax_m > 0.0f && amax_m < FLT_MIN ? FLT_MIN : amax_m;
+    amax_v = amax_v > 0.0f && amax_v < FLT_MIN ? FLT_MIN : amax_v;
+    max_n = max_n > 0.0f && max_n < FLT_MIN ? FLT_MIN : max_n;
     int8_t *mc = (int8_t *)mq + base, *vc = (int8_t *)vq + base;
     uint8_t *nc = (uint8_t *)nq + base;
     const float im = amax_m > 0.0f ? 1.0f / amax_m : 0.0f, iv = amax_v > 0.0f ? 1.0f / amax_v : 0.0f,

@@ -27,7 +27,7 @@ from adan.kernels.triton_common import (
 __all__ = ["launch_full"]
 
 _BLOCK = 1024
-_NUM_WARPS = 8  # the fastest of 4, 8, 16 warps x 1024, 2048, 4096 elements (benchmarks/gpu_tune.py)
+_NUM_WARPS = 4  # 4 and 8 warps of 1024 elements tie within noise on an H200; larger tiles lose (benchmarks/gpu_tune.py)
 
 
 @triton.jit
@@ -111,11 +111,11 @@ def launch_full(lists: TensorLists, scalars: Tensor, hp: HParams) -> None:
     bits = hparam_bits(hp)
     states = [lists.exp_avgs, lists.exp_avg_diffs, lists.exp_avg_sqs, lists.neg_pre_grads]
     if not capturing(device):
-        numels = [p.numel() for p in params]
-        table, grad_table, tiles = bucket_tables(
-            [params, *states], lists.grads, [-(-n // _BLOCK) for n in numels], numels, _BLOCK, device,
-            lambda: check_shapes(lists),
-        )  # fmt: skip
+        def sizes() -> tuple[list[int], list[int]]:
+            numels = [p.numel() for p in params]
+            return [-(-n // _BLOCK) for n in numels], numels
+
+        table, grad_table, tiles = bucket_tables([params, *states], lists.grads, sizes, _BLOCK, device, lambda: check_shapes(lists))
         if tiles.numel():
             _adan_table_kernel[(tiles.numel() // 2,)](
                 table, grad_table, tiles, coefs, scalars, len(params), *bits, NO_PROX=bool(hp.no_prox),

@@ -22,7 +22,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from adan._codes import BLOCK, NONFINITE_CODE, Format, ParamUpdate
+from adan._codes import BLOCK, FLT_MIN, NONFINITE_CODE, Format, ParamUpdate
 from adan._compact import block_layout
 from adan._formats import format_of
 from adan._lists import TensorLists
@@ -41,6 +41,7 @@ _INT8 = tl.constexpr(int(Format.INT8))
 _STOCHASTIC = tl.constexpr(int(ParamUpdate.STOCHASTIC))
 _KAHAN = tl.constexpr(int(ParamUpdate.KAHAN))
 _NONFINITE = tl.constexpr(float(NONFINITE_CODE))
+_FLT_MIN = tl.constexpr(FLT_MIN)
 
 
 @triton.jit
@@ -119,6 +120,9 @@ def _compact_block(
         am = tl.max(tl.where(mask, tl.abs(m), 0.0), axis=0)
         av = tl.max(tl.where(mask, tl.abs(v), 0.0), axis=0)
         an = tl.max(tl.where(mask, n, 0.0), axis=0)
+        am = tl.where((am > 0) & (am < _FLT_MIN), _FLT_MIN, am)  # a subnormal maximum: see _compact.block_scale
+        av = tl.where((av > 0) & (av < _FLT_MIN), _FLT_MIN, av)
+        an = tl.where((an > 0) & (an < _FLT_MIN), _FLT_MIN, an)
         tl.store(ms_ptr + tile, am)
         tl.store(vs_ptr + tile, av)
         tl.store(ns_ptr + tile, an)
@@ -210,8 +214,6 @@ def launch_compact(
     seed = torch.randint(0, 2**31 - 1, (1,), dtype=torch.int32, device=device, generator=generator)  # no host sync
     bits = hparam_bits(hp)
     fmt = format_of(lists.exp_avgs[0])
-    layouts = [block_layout(p.shape) for p in params]
-    n_blocks = [-(-cols // BLOCK) for _, cols in layouts]
     scales = [lists.state_scales[k] if fmt.scale_keys else (p, p, p) for k, p in enumerate(params)]  # (p: unused)
     comps = [c if c is not None else p for p, c in zip(params, lists.param_comps or [None] * len(params))]  # (p: unused)
     states = [lists.exp_avgs, lists.exp_avg_diffs, lists.exp_avg_sqs, lists.neg_pre_grads,
@@ -222,11 +224,13 @@ def launch_compact(
     )  # fmt: skip
     check = lambda: check_shapes(lists, lists.param_comps)  # noqa: E731
     if not capturing(device):
-        # A tensor's tiles are its blocks, rows x n_blocks; the table's sizes part carries cols and n_blocks.
-        tiles_per = [rows * nb for (rows, _), nb in zip(layouts, n_blocks)]
-        table, grad_table, tiles = bucket_tables(
-            [params, *states], grads, tiles_per, [c for _, c in layouts] + n_blocks, 1, device, check
-        )  # fmt: skip
+        def sizes() -> tuple[list[int], list[int]]:
+            # A tensor's tiles are its blocks, rows x n_blocks; the table's sizes part carries cols and n_blocks.
+            layouts = [block_layout(p.shape) for p in params]
+            n_blocks = [-(-cols // BLOCK) for _, cols in layouts]
+            return [rows * nb for (rows, _), nb in zip(layouts, n_blocks)], [c for _, c in layouts] + n_blocks
+
+        table, grad_table, tiles = bucket_tables([params, *states], grads, sizes, 1, device, check)
         if tiles.numel():
             dtypes = dict(P_DT=_TL_DTYPES[params[0].dtype], S_DT=_TL_DTYPES[lists.exp_avgs[0].dtype],
                           N_DT=_TL_DTYPES[lists.exp_avg_sqs[0].dtype], NEG_DT=_TL_DTYPES[lists.neg_pre_grads[0].dtype],
@@ -237,10 +241,11 @@ def launch_compact(
         return
     check()  # under capture: a launch per tensor, no table, checked every time
     for k, p in enumerate(params):
-        rows, cols = layouts[k]
-        if rows * n_blocks[k] == 0:
+        rows, cols = block_layout(p.shape)
+        n_blocks = -(-cols // BLOCK)
+        if rows * n_blocks == 0:
             continue
-        _adan_compact_kernel[(rows * n_blocks[k],)](
-            p, grads[k], *(slot[k] for slot in states), coefs[k], scalars, seed, cols, n_blocks[k], *bits, **consts,
+        _adan_compact_kernel[(rows * n_blocks,)](
+            p, grads[k], *(slot[k] for slot in states), coefs[k], scalars, seed, cols, n_blocks, *bits, **consts,
             num_warps=_NUM_WARPS,
         )  # fmt: skip

@@ -41,7 +41,10 @@ def step_coefficients(state_steps: list[Tensor], scalars: Tensor, hp: HParams, d
     """Steps += 1 (unless found_inf), then per tensor ``[lr/(1-b1^t), lr b2/(1-b2^t),
     1/sqrt(1-b3^t), t != 1]`` in float64 on ``device``: tensor arithmetic, no host sync."""
     not_inf = (scalars[2] == 0).to(state_steps[0].dtype)
-    torch._foreach_add_(state_steps, [not_inf.to(s.device) for s in state_steps])
+    if state_steps[0].device == not_inf.device:  # the steps live with the scalars: one foreach add of a tensor
+        torch._foreach_add_(state_steps, not_inf)
+    else:
+        torch._foreach_add_(state_steps, [not_inf.to(s.device) for s in state_steps])
     t = torch.stack(state_steps).to(device=device, dtype=torch.float64)
     a1, a2, c3 = bias_corrections(t, scalars[0], hp.beta1, hp.beta2, hp.beta3)
     return torch.stack([a1, a2, c3, (t != 1).to(torch.float64)], dim=1).contiguous()
@@ -90,15 +93,15 @@ def _on_device(values: list[int], device: torch.device) -> Tensor:
 
 
 def bucket_tables(
-    slots: list[list[Tensor]], grads: list[Tensor], counts: list[int], extra: list[int], tile: int,
+    slots: list[list[Tensor]], grads: list[Tensor], sizes: Callable[[], tuple[list[int], list[int]]], tile: int,
     device: torch.device, check: Callable[[], None],
 ) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
     """``(table, grad_table, tiles)`` on ``device`` for one launch over a bucket.
 
-    ``table``: the data pointers of every slot (a row of ``len(counts)`` per slot; the
-    parameters first), then ``extra`` (per-tensor sizes). ``grad_table``: the gradients'
-    data pointers. ``tiles``: ``(tensor index, first element)`` per program of ``tile``
-    elements, ``counts[k]`` programs for tensor ``k``.
+    ``sizes()`` gives ``(counts, extra)``. ``table``: the data pointers of every slot (a
+    row per slot, the parameters first), then ``extra`` (per-tensor sizes).
+    ``grad_table``: the gradients' data pointers. ``tiles``: ``(tensor index, first
+    element)`` per program of ``tile`` elements, ``counts[k]`` programs for tensor ``k``.
 
     Each step reads every pointer and every parameter's shape (no device access); a table
     is built, after ``check()`` passed, only for a layout not seen in the last few steps,
@@ -111,6 +114,7 @@ def bucket_tables(
 
     def build() -> tuple[Tensor, Tensor]:
         check()
+        counts, extra = sizes()
         count = torch.tensor(counts, dtype=torch.int64)
         index = torch.repeat_interleave(torch.arange(len(counts)), count)
         first = torch.cumsum(count, 0) - count  # each tensor's first tile
