@@ -41,10 +41,10 @@ def step_coefficients(state_steps: list[Tensor], scalars: Tensor, hp: HParams, d
     """Steps += 1 (unless found_inf), then per tensor ``[lr/(1-b1^t), lr b2/(1-b2^t),
     1/sqrt(1-b3^t), t != 1]`` in float64 on ``device``: tensor arithmetic, no host sync."""
     not_inf = (scalars[2] == 0).to(state_steps[0].dtype)
-    if state_steps[0].device == not_inf.device:  # the steps live with the scalars: one foreach add of a tensor
-        torch._foreach_add_(state_steps, not_inf)
-    else:
-        torch._foreach_add_(state_steps, [not_inf.to(s.device) for s in state_steps])
+    # A list of tensors, not one: _foreach_add_(list, tensor) reads the tensor on the host
+    # (a sync, and an error under CUDA-graph capture; seen on an H200 with torch 2.11).
+    torch._foreach_add_(state_steps, [not_inf] * len(state_steps) if state_steps[0].device == not_inf.device else
+                        [not_inf.to(s.device) for s in state_steps])  # fmt: skip
     t = torch.stack(state_steps).to(device=device, dtype=torch.float64)
     a1, a2, c3 = bias_corrections(t, scalars[0], hp.beta1, hp.beta2, hp.beta3)
     return torch.stack([a1, a2, c3, (t != 1).to(torch.float64)], dim=1).contiguous()
