@@ -58,24 +58,15 @@ def _run(opt_kw, dtype, device, steps=5, shapes=((256, 64), (64,), (1000,), (3, 
     return ps, opt
 
 
-def check_fused_parity(dtype) -> str:
+def check_parity(dtype, path: str) -> str:
+    """The fused or foreach path against the single-tensor path, with clipping and weight decay."""
     kw = dict(lr=1e-2, weight_decay=0.02, max_grad_norm=1.0)
-    fused, of = _run(kw, dtype, "cuda", fused=True)
+    other, oo = _run(kw, dtype, "cuda", **({"fused": True} if path == "fused" else {"foreach": True}))
     single, os_ = _run(kw, dtype, "cuda", foreach=False)
-    for a, b in zip(fused, single):
+    for a, b in zip(other, single):
         torch.testing.assert_close(a, b)
-        torch.testing.assert_close(of.state[a]["exp_avg_sq"], os_.state[b]["exp_avg_sq"])
-    return f"{dtype} fused == single-tensor"
-
-
-def check_foreach_parity(dtype) -> str:
-    kw = dict(lr=1e-2, weight_decay=0.02, max_grad_norm=1.0)
-    many, om = _run(kw, dtype, "cuda", foreach=True)
-    single, os_ = _run(kw, dtype, "cuda", foreach=False)
-    for a, b in zip(many, single):
-        torch.testing.assert_close(a, b)
-        torch.testing.assert_close(om.state[a]["exp_avg_sq"], os_.state[b]["exp_avg_sq"])
-    return f"{dtype} foreach == single-tensor"
+        torch.testing.assert_close(oo.state[a]["exp_avg_sq"], os_.state[b]["exp_avg_sq"])
+    return f"{dtype} {path} == single-tensor"
 
 
 def check_compact(fmt) -> str:
@@ -276,8 +267,8 @@ def main() -> int:
         print(f"{torch.cuda.get_device_name()}, no triton: fused=True cannot run on CUDA")
     results: list = []
     tracebacks: list = []
-    checks = [(f"fused parity {d}", lambda d=d: check_fused_parity(d)) for d in (torch.float32, torch.bfloat16, torch.float16)]
-    checks += [(f"foreach parity {d}", lambda d=d: check_foreach_parity(d)) for d in (torch.float32, torch.bfloat16)]
+    checks = [(f"fused parity {d}", lambda d=d: check_parity(d, "fused")) for d in (torch.float32, torch.bfloat16, torch.float16)]
+    checks += [(f"foreach parity {d}", lambda d=d: check_parity(d, "foreach")) for d in (torch.float32, torch.bfloat16)]
     checks += [(f"compact {f}", lambda f=f: check_compact(f)) for f in ("bfloat16", "int8")]
     checks += [(f"one launch per bucket, {f}", lambda f=f: check_one_launch_per_bucket(f)) for f in ("float32", "bfloat16", "int8")]
     checks += [(f"kernels per step, {f}", lambda f=f: check_launches(f)) for f in ("float32", "bfloat16", "int8")]

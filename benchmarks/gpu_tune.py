@@ -17,27 +17,20 @@ import cProfile
 import io
 import itertools
 import pstats
-import statistics
 import sys
 
 import torch
 
 from adan import Adan
 from adan.kernels import adan_triton, adan_triton_compact
+from gpu_check import _time as time_cuda  # benchmarks/ is the script's directory
 
 
 def _time(fn, reps: int = 15) -> float:
+    """Median ms of ``reps`` CUDA-event timings, after three warm-up calls."""
     for _ in range(3):
         fn()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
+    return time_cuda(fn, reps)
 
 
 def _params(shapes):
