@@ -18,6 +18,7 @@ double from them.
 from __future__ import annotations
 
 import warnings
+from operator import attrgetter
 from typing import Optional, Union
 
 import torch
@@ -98,11 +99,17 @@ def grad_multiplier(
     return mult
 
 
+_is_cpu, _is_cuda = attrgetter("is_cpu"), attrgetter("is_cuda")
+
+
 def _fused_impl(lists: TensorLists, scalars: Tensor, hp: HParams) -> None:
     """One launch per (device, parameter dtype) bucket, by the device's backend."""
     params = lists.params
-    if len({p.dtype for p in params}) == 1 and len({(p.get_device(), p.is_cpu, p.is_cuda) for p in params}) == 1:
-        buckets = [(lists, params[0].device)]  # the common case (one device, one dtype), without grouping costs
+    if len({p.dtype for p in params}) == 1 and (
+        all(map(_is_cpu, params))
+        or (all(map(_is_cuda, params)) and len(set(map(Tensor.get_device, params))) == 1)
+    ):
+        buckets = [(lists, params[0].device)]  # the common case: one device, one dtype, no grouping costs
     else:
         grouped = torch._C._group_tensors_by_device_and_dtype(list(lists.dense), False)
         buckets = [(TensorLists(*bucket), device) for (device, _), (bucket, _) in grouped.items()]
