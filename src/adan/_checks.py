@@ -74,8 +74,8 @@ def check_state_shapes(
 
 
 class LayoutCache:
-    """What the fused CPU launchers build from a bucket's memory layout (its pointer
-    tables), kept for the layouts that :func:`check_state_shapes` has passed, so that a
+    """What the fused launchers (C and Triton) build from a bucket's memory layout (its
+    pointer tables), kept for the layouts that :func:`check_state_shapes` has passed, so that a
     step whose tensors sit where they sat last step skips both the check (about 1.5 us a
     tensor) and the table's construction.
 
