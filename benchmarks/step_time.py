@@ -14,8 +14,13 @@ Cases:
   small  1000 tensors of 1000 float32 elements
 
 All contenders run in one process, on their own copies of the parameters (sharing the
-gradient tensors), interleaved round-robin so that machine noise hits them alike; each
-row is the median over ``--reps`` rounds of one step, and ``x fused AdamW`` divides it
+gradient tensors), interleaved round-robin so that machine noise hits them alike. In each
+round a contender takes ``--burst`` consecutive steps and the first is not timed: on these
+VMs memory left idle for a second or two (while the other contenders run) makes the next
+step up to 2x slower, whoever takes it (measured 2026-11-30: the floor kernel took 37-41 ms
+at 2 threads after torch-ops contenders, 22 ms in a short run; a 0.5 s pause before every
+step made fused AdamW 51 ms instead of 20). Each row is the median over the timed steps of
+``--reps`` rounds, and ``x fused AdamW`` divides it
 by the median of torch's fused AdamW in the same case and thread count; ``x floor`` by
 the floor: a kernel built and threaded like the fused one that only reads 6 and writes
 5 arrays (Adan's minimum memory traffic).
@@ -120,7 +125,9 @@ def state_bytes_per_param(opt, params: list[torch.Tensor]) -> float:
     return _compact.state_bytes_per_param(getattr(opt, "opt", opt))
 
 
-def bench_case(case: str, threads: int, reps: int, warmup: int = 2, dtype: torch.dtype = torch.float32) -> dict[str, tuple[float, float]]:
+def bench_case(
+    case: str, threads: int, reps: int, warmup: int = 2, dtype: torch.dtype = torch.float32, burst: int = 3
+) -> dict[str, tuple[float, float]]:
     torch.set_num_threads(threads)
     values = make_case(case, dtype)
     grads = [torch.randn_like(v) * 1e-2 for v in values]
@@ -137,9 +144,11 @@ def bench_case(case: str, threads: int, reps: int, warmup: int = 2, dtype: torch
         runs[name] = (opt, [], state_bytes_per_param(opt, params))
     for _ in range(reps):
         for name, (opt, times, _) in runs.items():
-            t0 = time.perf_counter()
-            opt.step()
-            times.append(time.perf_counter() - t0)
+            opt.step()  # after the others' steps: not timed (see the module docstring)
+            for _ in range(burst - 1):
+                t0 = time.perf_counter()
+                opt.step()
+                times.append(time.perf_counter() - t0)
     return {name: (statistics.median(times), nbytes) for name, (_, times, nbytes) in runs.items()}
 
 
@@ -148,6 +157,7 @@ def main() -> None:
     parser.add_argument("--cases", nargs="+", default=["large", "small"])
     parser.add_argument("--threads", nargs="+", type=int, default=[1, 2])
     parser.add_argument("--reps", type=int, default=11)
+    parser.add_argument("--burst", type=int, default=3, help="consecutive steps per contender and round; the first is not timed")
     parser.add_argument("--only", nargs="*", help="names of the implementations to run (besides the two baselines)")
     parser.add_argument("--compile-foreach", action="store_true", help="add a compiled foreach step (slow to compile)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="parameter dtype")
@@ -166,7 +176,7 @@ def main() -> None:
     print("|---|---:|---|---:|---:|---:|---:|")
     for case in args.cases:
         for threads in args.threads:
-            medians = bench_case(case, threads, args.reps, dtype=dtype)
+            medians = bench_case(case, threads, args.reps, dtype=dtype, burst=args.burst)
             base = medians["torch AdamW fused"][0]
             floor = medians.get("floor (reads 6, writes 5)", (None,))[0]
             for name, (t, nbytes) in medians.items():
