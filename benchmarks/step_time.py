@@ -162,6 +162,8 @@ def main() -> None:
     parser.add_argument("--compile-foreach", action="store_true", help="add a compiled foreach step (slow to compile)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="parameter dtype")
     args = parser.parse_args()
+    if args.burst < 2:
+        parser.error("--burst must be at least 2 (the first step of each burst is not timed)")
     global COMPILE_FOREACH
     COMPILE_FOREACH = args.compile_foreach
     if args.only:
