@@ -384,10 +384,10 @@ def _resolve_path(params: list[Tensor], foreach: Optional[bool], fused: Optional
     """(foreach, fused) for these tensors: fused wherever it is available, unless told."""
     if fused is None and not foreach:
         if foreach is None and _fused_suits(params):
-            devices = {p.device for p in params}
-            if all(_fused.fused_available(d) for d in devices):
+            device = params[0].device  # one device type (_fused_suits), and availability is per type
+            if _fused.fused_available(device):
                 return False, True
-            _fused.warn_fallback(next(iter(devices)))
+            _fused.warn_fallback(device)
         fused = False
     if foreach is None:
         foreach = not fused and _default_to_foreach(params)
