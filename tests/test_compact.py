@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import io
 import math
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -437,6 +442,41 @@ def test_switching_param_update_to_kahan_mid_training(path):
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
+_C1, _C2 = 1 + 2**-10, 1 + 2**-10 + 3 * 2**-12  # neither is a bfloat16 value
+
+
+def bf16_rounding_states(path_kwargs: dict, shape: tuple) -> list[dict]:
+    """The bfloat16 state after each of two steps whose gradients fill ``shape`` with _C1, then
+    _C2 (lr 1e-30: the parameters stay put), with a seeded rounding generator."""
+    p = torch.zeros(shape, requires_grad=True)
+    opt = Adan([p], lr=1e-30, betas=(0.5, 0.5, 0.75), state_dtype="bfloat16", **path_kwargs)
+    opt._generators[torch.device("cpu")] = torch.Generator().manual_seed(3)
+    states = []
+    for c in (_C1, _C2):
+        p.grad = torch.full_like(p, c)
+        opt.step()
+        states.append({k: v.clone() for k, v in opt.state[p].items()})
+    return states
+
+
+def assert_rounding_unbiased(states: list[dict]) -> None:
+    """Each stored buffer holds both bfloat16 neighbours of its exact value, with a mean
+    within 6 standard errors of it (rounding to nearest misses by hundreds)."""
+    f = torch.tensor
+    g1, g2 = f(_C1), f(_C2)
+    expected = [  # step 1: d = 0; step 2: d = g2 - g1, m and n from their stored (rounded) values
+        {"exp_avg": 0.5 * g1, "exp_avg_sq": 0.25 * (g1 * g1), "neg_pre_grad": -g1},
+        {"exp_avg_diff": 0.5 * (g2 - g1), "neg_pre_grad": -g2},
+    ]
+    for state, want in zip(states, expected):
+        for key, value in want.items():
+            stored = state[key].float()
+            lo, hi = stored.min(), stored.max()
+            assert lo < value < hi and len(stored.unique()) == 2, (key, lo, hi, value)  # the two neighbours
+            se = (hi - lo) / 2 / math.sqrt(stored.numel())
+            assert abs(stored.mean(dtype=torch.float64) - value) < 6 * se, (key, float(stored.mean(dtype=torch.float64) - value), float(se))
+
+
 @pytest.mark.parametrize("path", list(PATHS))
 def test_bfloat16_state_rounding_is_unbiased_and_thread_independent(path):
     """Stochastic rounding of every bfloat16 buffer (m, v, n and the previous gradient, which
@@ -446,38 +486,43 @@ def test_bfloat16_state_rounding_is_unbiased_and_thread_independent(path):
     float32 value within 6 standard errors (rounding to nearest would miss by up to half a
     spacing, 3e2 standard errors), and both neighbours occur. The bits do not depend on the
     thread count."""
-    c1, c2 = 1 + 2**-10, 1 + 2**-10 + 3 * 2**-12  # neither is a bfloat16 value
     runs = {}
     for threads in (1, 2):
         previous = torch.get_num_threads()
         torch.set_num_threads(threads)
         try:
-            p = torch.zeros(1024, 1024, requires_grad=True)
-            opt = Adan([p], lr=1e-30, betas=(0.5, 0.5, 0.75), state_dtype="bfloat16", **PATHS[path])
-            opt._generators[torch.device("cpu")] = torch.Generator().manual_seed(3)
-            states = []
-            for c in (c1, c2):
-                p.grad = torch.full_like(p, c)
-                opt.step()
-                states.append({k: v.clone() for k, v in opt.state[p].items()})
-            runs[threads] = states
+            runs[threads] = bf16_rounding_states(PATHS[path], (1024, 1024))
         finally:
             torch.set_num_threads(previous)
     for a, b in zip(*runs.values()):
         assert all(torch.equal(a[k], b[k]) for k in a)
-    f = torch.tensor
-    g1, g2 = f(c1), f(c2)
-    expected = [  # step 1: d = 0; step 2: d = g2 - g1, m and n from their stored (rounded) values
-        {"exp_avg": 0.5 * g1, "exp_avg_sq": 0.25 * (g1 * g1), "neg_pre_grad": -g1},
-        {"exp_avg_diff": 0.5 * (g2 - g1), "neg_pre_grad": -g2},
-    ]
-    for state, want in zip(runs[1], expected):
-        for key, value in want.items():
-            stored = state[key].float()
-            lo, hi = stored.min(), stored.max()
-            assert lo < value < hi and len(stored.unique()) == 2, (key, lo, hi, value)  # the two neighbours
-            se = (hi - lo) / 2 / math.sqrt(stored.numel())
-            assert abs(stored.mean(dtype=torch.float64) - value) < 6 * se, (key, float(stored.mean(dtype=torch.float64) - value), float(se))
+    assert_rounding_unbiased(runs[1])
+
+
+@pytest.mark.skipif(
+    subprocess.run([sys.executable, "-c", "import triton"], capture_output=True).returncode != 0,
+    reason="Triton is not installed (pip install triton) for its CPU interpreter",
+)
+def test_triton_bfloat16_state_rounding_is_unbiased():
+    """The same statistics for the Triton compact kernel (Philox bits, ``to_bf16_sr``), run by
+    Triton's interpreter as the CPU's backend, over 2^18 elements."""
+    code = f"""
+        import sys
+        sys.path.insert(0, {str(Path(__file__).resolve().parent)!r})
+        from unittest import mock
+        from adan import _backends
+        from adan.kernels import adan_triton, adan_triton_compact
+        from test_compact import assert_rounding_unbiased, bf16_rounding_states
+        triton_on_cpu = _backends.Backend("cpu", lambda: True, lambda: "", adan_triton.launch_full,
+                                          adan_triton_compact.launch_compact, steps_on_device=False)
+        with mock.patch.dict(_backends.BACKENDS, {{"cpu": triton_on_cpu}}):
+            assert_rounding_unbiased(bf16_rounding_states(dict(fused=True), (512, 512)))
+        print("ok")
+    """
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    out = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, env=env, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split() == ["ok"], out.stdout
 
 
 def test_a_block_whose_maximum_is_subnormal_keeps_finite_codes():
