@@ -334,17 +334,20 @@ def test_fused_takes_strided_gradients(dtype):
         assert (a - b).abs().max() <= tol * a.abs().max(), (a - b).abs().max()
 
 
-def test_gpu_check_runs_without_cuda():
-    """benchmarks/gpu_check.py skips its CUDA parts with a clear message where there is no GPU."""
+def test_gpu_scripts_run_without_cuda():
+    """benchmarks/gpu_check.py and gpu_tune.py say so and exit 0 where there is no GPU (and
+    gpu_tune's import of gpu_check's timer resolves)."""
     import subprocess
     import sys
     from pathlib import Path
 
     if torch.cuda.is_available():
         pytest.skip("a GPU is here: run benchmarks/gpu_check.py itself")
-    script = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu_check.py"
-    out = subprocess.run([sys.executable, str(script), "--quick"], capture_output=True, text=True, timeout=120)
+    bench = Path(__file__).resolve().parent.parent / "benchmarks"
+    out = subprocess.run([sys.executable, str(bench / "gpu_check.py"), "--quick"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "no CUDA device: skipping" in out.stdout, out.stderr[-2000:]
+    out = subprocess.run([sys.executable, str(bench / "gpu_tune.py")], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "no CUDA device: nothing to tune" in out.stdout, out.stderr[-2000:]
 
 
 @pytest.mark.skipif(
