@@ -11,9 +11,10 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterable, Optional, Sequence
 
+import torch
 from torch import Tensor
 
-__all__ = ["StateShapeError", "check_state_shapes", "check_foreign_options", "check_no_duplicates", "LayoutCache"]
+__all__ = ["StateShapeError", "check_state_shapes", "flat_grads", "check_foreign_options", "check_no_duplicates", "LayoutCache"]
 
 # Options of other optimizers (or of Adan variants) that change the update. A group that
 # sets one of them to a true value was made for something else: loading it as plain Adan
@@ -71,6 +72,24 @@ def check_state_shapes(
             for name, t in zip(("exp_avg_scale", "exp_avg_diff_scale", "exp_avg_sq_scale"), triple):
                 if tuple(t.shape) != want:
                     raise StateShapeError(i, name, tuple(s), tuple(t.shape))
+
+
+def flat_grads(params: list[Tensor], grads: list[Tensor], dtype: torch.dtype) -> list[Tensor]:
+    """Contiguous parameters (else ``ValueError``), and the gradients as contiguous tensors
+    of the parameters' dtype (a new list where any had to change). With ``map`` over the
+    methods: this runs every step, over every tensor. Shared by the C and Triton launchers."""
+    if all(map(Tensor.is_contiguous, params)) and all(map(Tensor.is_contiguous, grads)) and {g.dtype for g in grads} == {dtype}:
+        return grads
+    grads = list(grads)
+    for k, p in enumerate(params):
+        if not p.is_contiguous():
+            raise ValueError(
+                f"fused Adan needs contiguous parameters; parameter {k} of shape {tuple(p.shape)} has strides "
+                f"{p.stride()} (use foreach=True, or make the parameter contiguous)"
+            )
+        if not grads[k].is_contiguous() or grads[k].dtype != dtype:
+            grads[k] = grads[k].to(dtype).contiguous()  # (.to(memory_format=...) may return a strided self)
+    return grads
 
 
 class LayoutCache:

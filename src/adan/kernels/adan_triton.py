@@ -17,10 +17,11 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from adan._checks import flat_grads
 from adan._lists import TensorLists
 from adan._maths import HParams
 from adan.kernels.triton_common import (
-    adan_update, bucket_tables, capturing, check_shapes, flat_grads, hparam_bits, step_coefficients, step_scalars,
+    adan_update, bucket_tables, capturing, check_shapes, hparam_bits, step_coefficients, step_scalars,
     table_pointer,
 )  # fmt: skip
 
@@ -105,7 +106,7 @@ def launch_full(lists: TensorLists, scalars: Tensor, hp: HParams) -> None:
     the bucket (a tensor per launch under CUDA-graph capture)."""
     params = lists.params
     device = params[0].device
-    lists = lists._replace(grads=flat_grads(params, lists.grads), state_scales=None)
+    lists = lists._replace(grads=flat_grads(params, lists.grads, params[0].dtype), state_scales=None)
     coefs = step_coefficients(lists.state_steps, scalars, hp, device)
     compute_f64 = params[0].dtype == torch.float64
     bits = hparam_bits(hp)

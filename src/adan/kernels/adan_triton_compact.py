@@ -25,10 +25,11 @@ from torch import Tensor
 from adan._codes import BLOCK, FLT_MIN, NONFINITE_CODE, Format, ParamUpdate
 from adan._compact import block_layout
 from adan._formats import format_of
+from adan._checks import flat_grads
 from adan._lists import TensorLists
 from adan._maths import HParams
 from adan.kernels.triton_common import (
-    adan_update, bucket_tables, capturing, check_shapes, flat_grads, hparam_bits, step_coefficients, step_scalars,
+    adan_update, bucket_tables, capturing, check_shapes, hparam_bits, step_coefficients, step_scalars,
     table_pointer, to_bf16_sr,
 )  # fmt: skip
 
@@ -204,7 +205,7 @@ def launch_compact(
         return
     params = lists.params
     device = params[0].device
-    lists = lists._replace(grads=flat_grads(params, lists.grads))
+    lists = lists._replace(grads=flat_grads(params, lists.grads, params[0].dtype))
     grads = lists.grads
     if param_update == "stochastic" and any(p.dtype == torch.float16 for p in params):
         raise ValueError("param_update='stochastic' rounds to bfloat16; float16 parameters take 'kahan'")

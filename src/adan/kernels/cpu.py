@@ -26,7 +26,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from adan._checks import LayoutCache, check_state_shapes
+from adan._checks import LayoutCache, check_state_shapes, flat_grads
 from adan._codes import ParamUpdate, dtype_code
 from adan._compact import block_layout, full_dtype, scale_shape
 from adan._formats import format_of
@@ -41,7 +41,7 @@ _COMPACT_SOURCE = Path(__file__).parent / "adan_cpu_compact.c"
 _DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 _COMPACT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _HPARAMS = [ctypes.c_double] * 5 + [ctypes.c_int32, ctypes.c_int32]  # b1, b2, b3, eps, wd, no_prox, threads
-_data_ptr, _numel, _is_contiguous, _shape = Tensor.data_ptr, Tensor.numel, Tensor.is_contiguous, attrgetter("shape")
+_data_ptr, _numel, _shape = Tensor.data_ptr, Tensor.numel, attrgetter("shape")
 _lib: Optional[ctypes.CDLL] = None
 _error: Optional[str] = None
 
@@ -93,24 +93,6 @@ def _hparams(hp: HParams) -> tuple:
     return (hp.beta1, hp.beta2, hp.beta3, hp.eps, hp.weight_decay, int(hp.no_prox), torch.get_num_threads())
 
 
-def _flat_grads(params: list[Tensor], grads: list[Tensor], dtype: torch.dtype) -> list[Tensor]:
-    """Contiguous parameters (else ``ValueError``), and the gradients as contiguous tensors
-    of the parameters' dtype (a new list where any had to change). With ``map`` over the
-    methods: this runs every step, over every tensor."""
-    if all(map(_is_contiguous, params)) and all(map(_is_contiguous, grads)) and {g.dtype for g in grads} == {dtype}:
-        return grads
-    grads = list(grads)
-    for k, p in enumerate(params):
-        if not p.is_contiguous():
-            raise ValueError(
-                f"fused Adan needs contiguous parameters; parameter {k} of shape {tuple(p.shape)} has strides "
-                f"{p.stride()} (use foreach=True, or make the parameter contiguous)"
-            )
-        if not grads[k].is_contiguous() or grads[k].dtype != dtype:
-            grads[k] = grads[k].to(dtype).contiguous()  # (.to(memory_format=...) may return a strided self)
-    return grads
-
-
 # Reused per memory layout (see LayoutCache): the pointer tables of the full and compact launchers.
 _FULL_TABLES = LayoutCache()
 _COMPACT_TABLES = LayoutCache()
@@ -141,7 +123,7 @@ def launch_full(lists: TensorLists, scalars: Tensor, hp: HParams) -> None:
     if dtype not in _DTYPES:
         raise TypeError(f"fused Adan supports float32, float64, bfloat16 and float16 parameters, not {dtype}")
     sdtype = full_dtype(dtype)
-    lists = lists._replace(grads=_flat_grads(params, lists.grads, dtype))
+    lists = lists._replace(grads=flat_grads(params, lists.grads, dtype))
     # The state needs no per-step check of its dtype: Adan creates it (and load_state_dict
     # casts it) in full_dtype(dtype), with float32 step counters on the CPU. Check the
     # first of each slot as a safeguard.
@@ -180,7 +162,7 @@ def launch_compact(
     if dtype not in _COMPACT_DTYPES:
         raise TypeError(f"fused Adan's compact formats support float32, bfloat16 and float16 parameters, not {dtype}")
     fmt = format_of(lists.exp_avgs[0])
-    lists = lists._replace(grads=_flat_grads(params, lists.grads, dtype))
+    lists = lists._replace(grads=flat_grads(params, lists.grads, dtype))
     slots = [params, lists.exp_avgs, lists.exp_avg_diffs, lists.exp_avg_sqs, lists.neg_pre_grads]
     if fmt.scale_keys:
         slots += [[s[j] for s in lists.state_scales] for j in range(3)]

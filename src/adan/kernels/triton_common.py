@@ -22,7 +22,7 @@ from adan._lists import TensorLists
 from adan._maths import HParams, bias_corrections
 
 __all__ = [
-    "hparam_bits", "step_coefficients", "flat_grads", "check_shapes", "capturing", "bucket_tables", "table_pointer",
+    "hparam_bits", "step_coefficients", "check_shapes", "capturing", "bucket_tables", "table_pointer",
     "step_scalars", "adan_update", "to_bf16_sr",
 ]  # fmt: skip
 
@@ -48,20 +48,6 @@ def step_coefficients(state_steps: list[Tensor], scalars: Tensor, hp: HParams, d
     t = torch.stack(state_steps).to(device=device, dtype=torch.float64)
     a1, a2, c3 = bias_corrections(t, scalars[0], hp.beta1, hp.beta2, hp.beta3)
     return torch.stack([a1, a2, c3, (t != 1).to(torch.float64)], dim=1).contiguous()
-
-
-def flat_grads(params: list[Tensor], grads: list[Tensor]) -> list[Tensor]:
-    """The gradients as contiguous tensors of their parameters' dtypes, once the parameters
-    are known to be contiguous (the kernels index them flat)."""
-    if not all(map(Tensor.is_contiguous, params)):
-        k = next(k for k, p in enumerate(params) if not p.is_contiguous())
-        raise ValueError(
-            f"fused Adan needs contiguous parameters; parameter {k} of shape {tuple(params[k].shape)} has strides "
-            f"{params[k].stride()} (use foreach=True, or make the parameter contiguous)"
-        )
-    if all(map(Tensor.is_contiguous, grads)) and all(g.dtype == p.dtype for p, g in zip(params, grads)):
-        return grads
-    return [g if g.dtype == p.dtype and g.is_contiguous() else g.to(p.dtype).contiguous() for p, g in zip(params, grads)]
 
 
 def check_shapes(lists: TensorLists, comps: Optional[list] = None) -> None:
