@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterable, Optional, Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["StateShapeError", "check_state_shapes", "flat_grads", "check_foreign_options", "check_no_duplicates", "LayoutCache"]
+__all__ = ["StateShapeError", "check_state_shapes", "check_devices", "check_uniform_dtypes", "named_buffers", "flat_grads", "check_foreign_options", "check_no_duplicates", "LayoutCache"]
 
 # Options of other optimizers (or of Adan variants) that change the update. A group that
 # sets one of them to a true value was made for something else: loading it as plain Adan
@@ -72,6 +72,36 @@ def check_state_shapes(
             for name, t in zip(("exp_avg_scale", "exp_avg_diff_scale", "exp_avg_sq_scale"), triple):
                 if tuple(t.shape) != want:
                     raise StateShapeError(i, name, tuple(s), tuple(t.shape))
+
+
+def named_buffers(lists: Any, comps: Optional[Sequence[Optional[Tensor]]] = None) -> tuple:
+    """The per-parameter lists of a ``TensorLists`` that must match their parameters, by
+    name (for the errors of :func:`check_state_shapes` and :func:`check_devices`)."""
+    return (("grad", lists.grads), ("exp_avg", lists.exp_avgs), ("exp_avg_diff", lists.exp_avg_diffs),
+            ("exp_avg_sq", lists.exp_avg_sqs), ("neg_pre_grad", lists.neg_pre_grads), ("param_comp", comps))  # fmt: skip
+
+
+def check_devices(device: torch.device, named_lists: Iterable[tuple[str, Optional[Sequence[Optional[Tensor]]]]]) -> None:
+    """Raise ``ValueError`` unless every tensor of every list (``None`` skipped) is on
+    ``device``: a kernel handed another device's pointer would read foreign memory. Run by
+    the fused launchers with each new memory layout."""
+    for name, tensors in named_lists:
+        for t in tensors or ():
+            if t is not None and t.device != device:
+                raise ValueError(
+                    f"fused Adan: a {name!r} is on {t.device} and its parameter on {device}; was the model moved after "
+                    "its optimizer state was made? Move the state as well (state_dict, then load_state_dict, does)"
+                )
+
+
+def check_uniform_dtypes(named_lists: Iterable[tuple[str, Optional[Sequence[Optional[Tensor]]]]]) -> None:
+    """Raise ``TypeError`` unless the tensors of each list (``None`` skipped) share one dtype:
+    a kernel reads a whole list in the dtype of its first tensor, and a narrower one would
+    have it read past the buffer's end. Run by the fused launchers with each new layout."""
+    for name, tensors in named_lists:
+        dtypes = {t.dtype for t in tensors or () if t is not None}
+        if len(dtypes) > 1:
+            raise TypeError(f"fused Adan: the {name!r} buffers of one bucket mix dtypes {sorted(map(str, dtypes))}")
 
 
 def flat_grads(params: list[Tensor], grads: list[Tensor], dtype: torch.dtype) -> list[Tensor]:

@@ -2,12 +2,12 @@
 
 :func:`launch_full` takes one bucket (one device, one parameter dtype) and needs no host
 sync, so it is safe under CUDA-graph capture (``capturable=True``): the step counts live
-on the device and are incremented there (not when ``found_inf`` is set), the bias
-corrections are computed from them in float64 tensor arithmetic, and the kernel reads
-``scalars = [lr, grad_multiplier, found_inf]`` from device memory. The maths is in
-:mod:`adan.kernels.triton_common`. A bucket is one launch: the kernel reads each tensor's
-data pointers from a table (as torch's ``multi_tensor_apply`` does), and each program
-updates ``BLOCK`` elements of one tensor, so tiny tensors cost one program each.
+on the device, the kernel advances them itself (not when ``found_inf`` is set) and
+computes the bias corrections from them in float64, and it reads ``scalars = [lr,
+grad_multiplier, found_inf]`` from device memory. The maths is in
+:mod:`adan.kernels.triton_common`. A bucket is one launch and nothing else: the kernel reads
+each tensor's data pointers from a table (as torch's ``multi_tensor_apply`` does), and each
+program updates ``BLOCK`` elements of one tensor, so tiny tensors cost one program each.
 """
 
 from __future__ import annotations
@@ -21,8 +21,7 @@ from adan._checks import flat_grads
 from adan._lists import TensorLists
 from adan._maths import HParams
 from adan.kernels.triton_common import (
-    adan_update, bucket_tables, capturing, check_shapes, hparam_bits, step_coefficients, step_scalars,
-    table_pointer,
+    adan_update, bucket_tables, capturing, check_shapes, count_step, hparam_bits, step_scalars, table_pointer,
 )  # fmt: skip
 
 __all__ = ["launch_full"]
@@ -33,59 +32,63 @@ _NUM_WARPS = 4  # 4 and 8 warps of 1024 elements tie within noise on an H200; la
 
 @triton.jit
 def _update_block(
-    p_ptr, g_ptr, m_ptr, v_ptr, n_ptr, neg_ptr, coef_ptr, scalars_ptr, offs, mask,
-    b1_bits, b2_bits, b3_bits, eps_bits, wd_bits, NO_PROX: tl.constexpr, ct: tl.constexpr,
+    p_ptr, g_ptr, m_ptr, v_ptr, n_ptr, neg_ptr, step_ptr, arrival_ptr, programs, scalars_ptr, start, numel,
+    b1_bits, b2_bits, b3_bits, eps_bits, wd_bits, NO_PROX: tl.constexpr, ct: tl.constexpr, BLOCK: tl.constexpr,
 ):  # fmt: skip
-    """Load, update and store the elements ``offs`` of one tensor."""
-    betas, eps, gm, a1, a2, c3, keep, pre, post = step_scalars(
-        scalars_ptr, coef_ptr, b1_bits, b2_bits, b3_bits, eps_bits, wd_bits, NO_PROX, ct
+    """Load, update and store ``BLOCK`` elements of one tensor from ``start`` on (none when
+    ``start`` is -1: an empty tensor), then count the step."""
+    betas, eps, gm, a1, a2, c3, keep, pre, post, t = step_scalars(
+        scalars_ptr, step_ptr, b1_bits, b2_bits, b3_bits, eps_bits, wd_bits, NO_PROX, ct
     )
-    g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(ct) * gm
-    m, v, n, p = adan_update(
-        g,
-        tl.load(neg_ptr + offs, mask=mask, other=0.0).to(ct),
-        tl.load(m_ptr + offs, mask=mask, other=0.0).to(ct),
-        tl.load(v_ptr + offs, mask=mask, other=0.0).to(ct),
-        tl.load(n_ptr + offs, mask=mask, other=0.0).to(ct),
-        tl.load(p_ptr + offs, mask=mask, other=0.0).to(ct),
-        betas, eps, a1, a2, c3, keep, pre, post,
-    )  # fmt: skip
-    tl.store(m_ptr + offs, m.to(m_ptr.dtype.element_ty), mask=mask)
-    tl.store(v_ptr + offs, v.to(v_ptr.dtype.element_ty), mask=mask)
-    tl.store(n_ptr + offs, n.to(n_ptr.dtype.element_ty), mask=mask)
-    tl.store(neg_ptr + offs, (-g).to(neg_ptr.dtype.element_ty), mask=mask)
-    tl.store(p_ptr + offs, p.to(p_ptr.dtype.element_ty), mask=mask)
+    if start >= 0:
+        offs = start + tl.arange(0, BLOCK)
+        mask = offs < numel
+        g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(ct) * gm
+        m, v, n, p = adan_update(
+            g,
+            tl.load(neg_ptr + offs, mask=mask, other=0.0).to(ct),
+            tl.load(m_ptr + offs, mask=mask, other=0.0).to(ct),
+            tl.load(v_ptr + offs, mask=mask, other=0.0).to(ct),
+            tl.load(n_ptr + offs, mask=mask, other=0.0).to(ct),
+            tl.load(p_ptr + offs, mask=mask, other=0.0).to(ct),
+            betas, eps, a1, a2, c3, keep, pre, post,
+        )  # fmt: skip
+        tl.store(m_ptr + offs, m.to(m_ptr.dtype.element_ty), mask=mask)
+        tl.store(v_ptr + offs, v.to(v_ptr.dtype.element_ty), mask=mask)
+        tl.store(n_ptr + offs, n.to(n_ptr.dtype.element_ty), mask=mask)
+        tl.store(neg_ptr + offs, (-g).to(neg_ptr.dtype.element_ty), mask=mask)
+        tl.store(p_ptr + offs, p.to(p_ptr.dtype.element_ty), mask=mask)
+    count_step(step_ptr, arrival_ptr, programs, t)
 
 
 @triton.jit
 def _adan_kernel(
-    p_ptr, g_ptr, m_ptr, v_ptr, n_ptr, neg_ptr, coef_ptr, scalars_ptr, numel,
+    p_ptr, g_ptr, m_ptr, v_ptr, n_ptr, neg_ptr, step_ptr, arrival_ptr, scalars_ptr, numel,
     b1_bits, b2_bits, b3_bits, eps_bits, wd_bits,
     NO_PROX: tl.constexpr, COMPUTE_F64: tl.constexpr, BLOCK: tl.constexpr,
 ):  # fmt: skip
     """One tensor (used under CUDA-graph capture, where a pointer table cannot be copied in)."""
     if tl.load(scalars_ptr + 2) == 0:  # found_inf
-        offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+        start = tl.where(numel > 0, tl.program_id(0).to(tl.int64) * BLOCK, -1)
         _update_block(
-            p_ptr, g_ptr, m_ptr, v_ptr, n_ptr, neg_ptr, coef_ptr, scalars_ptr, offs, offs < numel,
-            b1_bits, b2_bits, b3_bits, eps_bits, wd_bits, NO_PROX, tl.float64 if COMPUTE_F64 else tl.float32,
+            p_ptr, g_ptr, m_ptr, v_ptr, n_ptr, neg_ptr, step_ptr, arrival_ptr, tl.num_programs(0), scalars_ptr, start, numel,
+            b1_bits, b2_bits, b3_bits, eps_bits, wd_bits, NO_PROX, tl.float64 if COMPUTE_F64 else tl.float32, BLOCK,
         )  # fmt: skip
 
 
 @triton.jit
 def _adan_table_kernel(
-    table_ptr, grads_ptr, tiles_ptr, coefs_ptr, scalars_ptr, n_tensors,
+    table_ptr, grads_ptr, tiles_ptr, arrivals_ptr, scalars_ptr, n_tensors,
     b1_bits, b2_bits, b3_bits, eps_bits, wd_bits,
     NO_PROX: tl.constexpr, P_DT: tl.constexpr, S_DT: tl.constexpr, COMPUTE_F64: tl.constexpr, BLOCK: tl.constexpr,
 ):  # fmt: skip
-    """Every tensor of a bucket in one launch. ``table`` holds five rows of ``n_tensors`` data
-    pointers (p, m, v, n, neg) and then the tensors' sizes, ``grads`` the gradients'
-    pointers; program ``i`` updates elements ``tiles[2i + 1]`` onwards of tensor ``tiles[2i]``."""
+    """Every tensor of a bucket in one launch. ``table`` holds six rows of ``n_tensors`` data
+    pointers (p, m, v, n, neg, step) and then the tensors' sizes, ``grads`` the gradients'
+    pointers; program ``i`` updates elements ``tiles[3i + 1]`` onwards of tensor
+    ``tiles[3i]``, one of its ``tiles[3i + 2]`` programs."""
     if tl.load(scalars_ptr + 2) == 0:  # found_inf
         pid = tl.program_id(0).to(tl.int64)
-        k = tl.load(tiles_ptr + 2 * pid)
-        offs = tl.load(tiles_ptr + 2 * pid + 1) + tl.arange(0, BLOCK)
-        mask = offs < tl.load(table_ptr + 5 * n_tensors + k)
+        k = tl.load(tiles_ptr + 3 * pid)
         _update_block(
             table_pointer(table_ptr, n_tensors, k, 0, P_DT),
             table_pointer(grads_ptr, n_tensors, k, 0, P_DT),
@@ -93,8 +96,10 @@ def _adan_table_kernel(
             table_pointer(table_ptr, n_tensors, k, 2, S_DT),
             table_pointer(table_ptr, n_tensors, k, 3, S_DT),
             table_pointer(table_ptr, n_tensors, k, 4, S_DT),
-            coefs_ptr + 4 * k, scalars_ptr, offs, mask,
-            b1_bits, b2_bits, b3_bits, eps_bits, wd_bits, NO_PROX, tl.float64 if COMPUTE_F64 else tl.float32,
+            table_pointer(table_ptr, n_tensors, k, 5, tl.float32),
+            arrivals_ptr + k, tl.load(tiles_ptr + 3 * pid + 2), scalars_ptr,
+            tl.load(tiles_ptr + 3 * pid + 1), tl.load(table_ptr + 6 * n_tensors + k),
+            b1_bits, b2_bits, b3_bits, eps_bits, wd_bits, NO_PROX, tl.float64 if COMPUTE_F64 else tl.float32, BLOCK,
         )  # fmt: skip
 
 
@@ -107,7 +112,6 @@ def launch_full(lists: TensorLists, scalars: Tensor, hp: HParams) -> None:
     params = lists.params
     device = params[0].device
     lists = lists._replace(grads=flat_grads(params, lists.grads, params[0].dtype), state_scales=None)
-    coefs = step_coefficients(lists.state_steps, scalars, hp, device)
     compute_f64 = params[0].dtype == torch.float64
     bits = hparam_bits(hp)
     states = [lists.exp_avgs, lists.exp_avg_diffs, lists.exp_avg_sqs, lists.neg_pre_grads]
@@ -116,20 +120,20 @@ def launch_full(lists: TensorLists, scalars: Tensor, hp: HParams) -> None:
             numels = [p.numel() for p in params]
             return [-(-n // _BLOCK) for n in numels], numels
 
-        table, grad_table, tiles = bucket_tables([params, *states], lists.grads, sizes, _BLOCK, device, lambda: check_shapes(lists))
-        if tiles.numel():
-            _adan_table_kernel[(tiles.numel() // 2,)](
-                table, grad_table, tiles, coefs, scalars, len(params), *bits, NO_PROX=bool(hp.no_prox),
-                P_DT=_TL_DTYPES[params[0].dtype], S_DT=_TL_DTYPES[lists.exp_avgs[0].dtype], COMPUTE_F64=compute_f64,
-                BLOCK=_BLOCK, num_warps=_NUM_WARPS,
-            )  # fmt: skip
+        table, grad_table, tiles, arrivals = bucket_tables(
+            [params, *states, lists.state_steps], lists.grads, sizes, _BLOCK, device, lambda: check_shapes(lists)
+        )
+        _adan_table_kernel[(tiles.numel() // 3,)](
+            table, grad_table, tiles, arrivals, scalars, len(params), *bits, NO_PROX=bool(hp.no_prox),
+            P_DT=_TL_DTYPES[params[0].dtype], S_DT=_TL_DTYPES[lists.exp_avgs[0].dtype], COMPUTE_F64=compute_f64,
+            BLOCK=_BLOCK, num_warps=_NUM_WARPS,
+        )  # fmt: skip
         return
     check_shapes(lists)  # under capture: a launch per tensor, no table, checked every time
+    arrivals = torch.zeros(len(params), dtype=torch.int32, device=device)  # (zeroed by a captured fill at each replay)
     for k, p in enumerate(params):
         numel = p.numel()
-        if numel == 0:
-            continue
-        _adan_kernel[(triton.cdiv(numel, _BLOCK),)](
-            p, lists.grads[k], *(slot[k] for slot in states), coefs[k], scalars, numel, *bits,
+        _adan_kernel[(max(1, triton.cdiv(numel, _BLOCK)),)](
+            p, lists.grads[k], *(slot[k] for slot in states), lists.state_steps[k], arrivals[k], scalars, numel, *bits,
             NO_PROX=bool(hp.no_prox), COMPUTE_F64=compute_f64, BLOCK=_BLOCK, num_warps=_NUM_WARPS,
         )  # fmt: skip

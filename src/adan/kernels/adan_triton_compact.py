@@ -29,8 +29,8 @@ from adan._checks import flat_grads
 from adan._lists import TensorLists
 from adan._maths import HParams
 from adan.kernels.triton_common import (
-    adan_update, bucket_tables, capturing, check_shapes, hparam_bits, step_coefficients, step_scalars,
-    table_pointer, to_bf16_sr,
+    adan_update, bucket_tables, capturing, check_shapes, count_step, hparam_bits, step_scalars, table_pointer,
+    to_bf16_sr,
 )  # fmt: skip
 
 __all__ = ["launch_compact"]
@@ -47,9 +47,9 @@ _FLT_MIN = tl.constexpr(FLT_MIN)
 
 @triton.jit
 def _compact_block(
-    p_ptr, g_ptr, m_ptr, v_ptr, n_ptr, neg_ptr, ms_ptr, vs_ptr, ns_ptr, comp_ptr, coef_ptr, scalars_ptr, seed_ptr,
-    tile, cols, n_blocks, b1_bits, b2_bits, b3_bits, eps_bits, wd_bits,
-    FMT: tl.constexpr, PU: tl.constexpr, LOW_PRECISION: tl.constexpr, NO_PROX: tl.constexpr, BLOCK: tl.constexpr,
+    p_ptr, g_ptr, m_ptr, v_ptr, n_ptr, neg_ptr, ms_ptr, vs_ptr, ns_ptr, comp_ptr, scalars_ptr, seed_ptr,
+    betas, eps, gm, a1, a2, c3, keep, pre, post, tile, cols, n_blocks,
+    FMT: tl.constexpr, PU: tl.constexpr, LOW_PRECISION: tl.constexpr, BLOCK: tl.constexpr,
 ):  # fmt: skip
     """Block ``tile`` (row ``tile // n_blocks``) of one tensor: decode, update, encode."""
     row = tile // n_blocks
@@ -58,9 +58,6 @@ def _compact_block(
     mask = col < cols
     offs = row * cols + col
 
-    betas, eps, gm, a1, a2, c3, keep, pre, post = step_scalars(
-        scalars_ptr, coef_ptr, b1_bits, b2_bits, b3_bits, eps_bits, wd_bits, NO_PROX, tl.float32
-    )
     r0, r1, r2, r3 = tl.randint4x(tl.load(seed_ptr), offs)  # four uint32 streams per element
 
     # decode
@@ -140,34 +137,55 @@ def _compact_block(
 
 
 @triton.jit
+def _compact_program(
+    p_ptr, g_ptr, m_ptr, v_ptr, n_ptr, neg_ptr, ms_ptr, vs_ptr, ns_ptr, comp_ptr, step_ptr, arrival_ptr, programs,
+    scalars_ptr, seed_ptr, tile, cols, n_blocks, b1_bits, b2_bits, b3_bits, eps_bits, wd_bits,
+    FMT: tl.constexpr, PU: tl.constexpr, LOW_PRECISION: tl.constexpr, NO_PROX: tl.constexpr, BLOCK: tl.constexpr,
+):  # fmt: skip
+    """One program: block ``tile`` of one tensor (none when ``tile`` is -1: an empty
+    tensor), then the step count."""
+    betas, eps, gm, a1, a2, c3, keep, pre, post, t = step_scalars(
+        scalars_ptr, step_ptr, b1_bits, b2_bits, b3_bits, eps_bits, wd_bits, NO_PROX, tl.float32
+    )
+    if tile >= 0:
+        _compact_block(
+            p_ptr, g_ptr, m_ptr, v_ptr, n_ptr, neg_ptr, ms_ptr, vs_ptr, ns_ptr, comp_ptr, scalars_ptr, seed_ptr,
+            betas, eps, gm, a1, a2, c3, keep, pre, post, tile, cols, n_blocks, FMT, PU, LOW_PRECISION, BLOCK,
+        )  # fmt: skip
+    count_step(step_ptr, arrival_ptr, programs, t)
+
+
+@triton.jit
 def _adan_compact_kernel(
-    p_ptr, g_ptr, m_ptr, v_ptr, n_ptr, neg_ptr, ms_ptr, vs_ptr, ns_ptr, comp_ptr, coef_ptr, scalars_ptr, seed_ptr,
-    cols, n_blocks, b1_bits, b2_bits, b3_bits, eps_bits, wd_bits,
+    p_ptr, g_ptr, m_ptr, v_ptr, n_ptr, neg_ptr, ms_ptr, vs_ptr, ns_ptr, comp_ptr, step_ptr, arrival_ptr, scalars_ptr,
+    seed_ptr, cols, n_blocks, b1_bits, b2_bits, b3_bits, eps_bits, wd_bits,
     FMT: tl.constexpr, PU: tl.constexpr, LOW_PRECISION: tl.constexpr, NO_PROX: tl.constexpr, BLOCK: tl.constexpr,
 ):  # fmt: skip
     """One tensor (used under CUDA-graph capture, where a pointer table cannot be copied in)."""
     if tl.load(scalars_ptr + 2) == 0:  # found_inf
-        _compact_block(
-            p_ptr, g_ptr, m_ptr, v_ptr, n_ptr, neg_ptr, ms_ptr, vs_ptr, ns_ptr, comp_ptr, coef_ptr, scalars_ptr, seed_ptr,
-            tl.program_id(0).to(tl.int64), cols, n_blocks, b1_bits, b2_bits, b3_bits, eps_bits, wd_bits,
+        tile = tl.where(n_blocks > 0, tl.program_id(0).to(tl.int64), -1)
+        _compact_program(
+            p_ptr, g_ptr, m_ptr, v_ptr, n_ptr, neg_ptr, ms_ptr, vs_ptr, ns_ptr, comp_ptr, step_ptr, arrival_ptr,
+            tl.num_programs(0), scalars_ptr, seed_ptr, tile, cols, n_blocks, b1_bits, b2_bits, b3_bits, eps_bits, wd_bits,
             FMT, PU, LOW_PRECISION, NO_PROX, BLOCK,
         )  # fmt: skip
 
 
 @triton.jit
 def _adan_compact_table_kernel(
-    table_ptr, grads_ptr, tiles_ptr, coefs_ptr, scalars_ptr, seed_ptr, n_tensors, b1_bits, b2_bits, b3_bits, eps_bits, wd_bits,
-    P_DT: tl.constexpr, S_DT: tl.constexpr, NEG_DT: tl.constexpr, SCALE_DT: tl.constexpr, N_DT: tl.constexpr,
-    FMT: tl.constexpr, PU: tl.constexpr, LOW_PRECISION: tl.constexpr, NO_PROX: tl.constexpr, BLOCK: tl.constexpr,
+    table_ptr, grads_ptr, tiles_ptr, arrivals_ptr, scalars_ptr, seed_ptr, n_tensors, b1_bits, b2_bits, b3_bits,
+    eps_bits, wd_bits, P_DT: tl.constexpr, S_DT: tl.constexpr, NEG_DT: tl.constexpr, SCALE_DT: tl.constexpr,
+    N_DT: tl.constexpr, FMT: tl.constexpr, PU: tl.constexpr, LOW_PRECISION: tl.constexpr, NO_PROX: tl.constexpr,
+    BLOCK: tl.constexpr,
 ):  # fmt: skip
-    """Every tensor of a bucket in one launch. ``table``: nine rows of ``n_tensors`` data
-    pointers (p, m, v, n, neg, the three scales, comp), then each tensor's ``cols`` and
-    ``n_blocks``; ``grads``: the gradients' pointers; program ``i`` updates block
-    ``tiles[2i + 1]`` of tensor ``tiles[2i]``."""
+    """Every tensor of a bucket in one launch. ``table``: ten rows of ``n_tensors`` data
+    pointers (p, m, v, n, neg, the three scales, comp, step), then each tensor's ``cols``
+    and ``n_blocks``; ``grads``: the gradients' pointers; program ``i`` updates block
+    ``tiles[3i + 1]`` of tensor ``tiles[3i]``, one of its ``tiles[3i + 2]`` programs."""
     if tl.load(scalars_ptr + 2) == 0:  # found_inf
         pid = tl.program_id(0).to(tl.int64)
-        k = tl.load(tiles_ptr + 2 * pid)
-        _compact_block(
+        k = tl.load(tiles_ptr + 3 * pid)
+        _compact_program(
             table_pointer(table_ptr, n_tensors, k, 0, P_DT),
             table_pointer(grads_ptr, n_tensors, k, 0, P_DT),
             table_pointer(table_ptr, n_tensors, k, 1, S_DT),
@@ -178,8 +196,9 @@ def _adan_compact_table_kernel(
             table_pointer(table_ptr, n_tensors, k, 6, SCALE_DT),
             table_pointer(table_ptr, n_tensors, k, 7, SCALE_DT),
             table_pointer(table_ptr, n_tensors, k, 8, P_DT),
-            coefs_ptr + 4 * k, scalars_ptr, seed_ptr, tl.load(tiles_ptr + 2 * pid + 1),
-            tl.load(table_ptr + 9 * n_tensors + k), tl.load(table_ptr + 10 * n_tensors + k),
+            table_pointer(table_ptr, n_tensors, k, 9, tl.float32),
+            arrivals_ptr + k, tl.load(tiles_ptr + 3 * pid + 2), scalars_ptr, seed_ptr, tl.load(tiles_ptr + 3 * pid + 1),
+            tl.load(table_ptr + 10 * n_tensors + k), tl.load(table_ptr + 11 * n_tensors + k),
             b1_bits, b2_bits, b3_bits, eps_bits, wd_bits, FMT, PU, LOW_PRECISION, NO_PROX, BLOCK,
         )  # fmt: skip
 
@@ -209,7 +228,6 @@ def launch_compact(
     grads = lists.grads
     if param_update == "stochastic" and any(p.dtype == torch.float16 for p in params):
         raise ValueError("param_update='stochastic' rounds to bfloat16; float16 parameters take 'kahan'")
-    coefs = step_coefficients(lists.state_steps, scalars, hp, device)
     if generator is not None and generator.device != device:
         generator = None
     seed = torch.randint(0, 2**31 - 1, (1,), dtype=torch.int32, device=device, generator=generator)  # no host sync
@@ -231,22 +249,20 @@ def launch_compact(
             n_blocks = [-(-cols // BLOCK) for _, cols in layouts]
             return [rows * nb for (rows, _), nb in zip(layouts, n_blocks)], [c for _, c in layouts] + n_blocks
 
-        table, grad_table, tiles = bucket_tables([params, *states], grads, sizes, 1, device, check)
-        if tiles.numel():
-            dtypes = dict(P_DT=_TL_DTYPES[params[0].dtype], S_DT=_TL_DTYPES[lists.exp_avgs[0].dtype],
-                          N_DT=_TL_DTYPES[lists.exp_avg_sqs[0].dtype], NEG_DT=_TL_DTYPES[lists.neg_pre_grads[0].dtype],
-                          SCALE_DT=tl.float32)  # fmt: skip
-            _adan_compact_table_kernel[(tiles.numel() // 2,)](
-                table, grad_table, tiles, coefs, scalars, seed, len(params), *bits, **dtypes, **consts, num_warps=_NUM_WARPS
-            )
+        table, grad_table, tiles, arrivals = bucket_tables([params, *states, lists.state_steps], grads, sizes, 1, device, check)
+        dtypes = dict(P_DT=_TL_DTYPES[params[0].dtype], S_DT=_TL_DTYPES[lists.exp_avgs[0].dtype],
+                      N_DT=_TL_DTYPES[lists.exp_avg_sqs[0].dtype], NEG_DT=_TL_DTYPES[lists.neg_pre_grads[0].dtype],
+                      SCALE_DT=tl.float32)  # fmt: skip
+        _adan_compact_table_kernel[(tiles.numel() // 3,)](
+            table, grad_table, tiles, arrivals, scalars, seed, len(params), *bits, **dtypes, **consts, num_warps=_NUM_WARPS
+        )
         return
     check()  # under capture: a launch per tensor, no table, checked every time
+    arrivals = torch.zeros(len(params), dtype=torch.int32, device=device)  # (zeroed by a captured fill at each replay)
     for k, p in enumerate(params):
         rows, cols = block_layout(p.shape)
-        n_blocks = -(-cols // BLOCK)
-        if rows * n_blocks == 0:
-            continue
-        _adan_compact_kernel[(rows * n_blocks,)](
-            p, grads[k], *(slot[k] for slot in states), coefs[k], scalars, seed, cols, n_blocks, *bits, **consts,
-            num_warps=_NUM_WARPS,
+        n_blocks = -(-cols // BLOCK) if rows else 0
+        _adan_compact_kernel[(max(1, rows * n_blocks),)](
+            p, grads[k], *(slot[k] for slot in states), lists.state_steps[k], arrivals[k], scalars, seed, cols, n_blocks,
+            *bits, **consts, num_warps=_NUM_WARPS,
         )  # fmt: skip

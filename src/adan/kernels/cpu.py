@@ -26,7 +26,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from adan._checks import LayoutCache, check_state_shapes, flat_grads
+from adan._checks import LayoutCache, check_devices, check_state_shapes, check_uniform_dtypes, flat_grads, named_buffers
 from adan._codes import ParamUpdate, dtype_code
 from adan._compact import block_layout, full_dtype, scale_shape
 from adan._formats import format_of
@@ -98,11 +98,6 @@ _FULL_TABLES = LayoutCache()
 _COMPACT_TABLES = LayoutCache()
 
 
-def _named(lists: TensorLists, comps: Optional[list] = None) -> tuple:
-    return (("grad", lists.grads), ("exp_avg", lists.exp_avgs), ("exp_avg_diff", lists.exp_avg_diffs),
-            ("exp_avg_sq", lists.exp_avg_sqs), ("neg_pre_grad", lists.neg_pre_grads), ("param_comp", comps))  # fmt: skip
-
-
 def _pointers(slots: list[list[Tensor]]) -> list[int]:
     """Every tensor's data pointer, slot after slot."""
     return list(map(_data_ptr, chain.from_iterable(slots)))
@@ -137,7 +132,10 @@ def launch_full(lists: TensorLists, scalars: Tensor, hp: HParams) -> None:
     pointers, shapes = _pointers(slots), list(map(_shape, params))
 
     def build() -> tuple[array, array]:
-        check_state_shapes(params, _named(lists))
+        check_state_shapes(params, named_buffers(lists))
+        named = (*named_buffers(lists), ("step", lists.state_steps))
+        check_devices(params[0].device, named)
+        check_uniform_dtypes(named)
         return array("q", pointers), array("q", map(_numel, params))
 
     table, sizes = _FULL_TABLES.get(pointers, shapes, build)
@@ -173,7 +171,11 @@ def launch_compact(
     pointers, shapes = _pointers(slots), list(map(_shape, params))
 
     def build() -> tuple[array, array, array]:
-        check_state_shapes(params, _named(lists, comps), lists.state_scales, scale_shape)
+        check_state_shapes(params, named_buffers(lists, comps), lists.state_scales, scale_shape)
+        scales = [t for triple in lists.state_scales or () if triple is not None for t in triple]
+        named = (*named_buffers(lists, comps), ("scale", scales), ("step", lists.state_steps))
+        check_devices(params[0].device, named)
+        check_uniform_dtypes(named)
         layouts = [block_layout(p.shape) for p in params]
         return array("q", pointers), array("q", [r for r, _ in layouts]), array("q", [c for _, c in layouts])
 

@@ -1,5 +1,12 @@
-"""What both Triton kernels share: the element update, the per-step scalars, bfloat16
-stochastic rounding, and the launchers' checks. The maths is that of ``adan_math.h``.
+"""What both Triton kernels share: the element update, the per-step scalars and step
+counts, bfloat16 stochastic rounding, and the launchers' checks. The maths is that of
+``adan_math.h``.
+
+The kernels count the steps themselves, in the one launch of a bucket: every program of
+tensor ``k`` reads its count ``s`` and computes the bias corrections of ``t = s + 1`` in
+float64 (:func:`step_scalars`), then arrives on the tensor's counter; the last program to
+arrive, when every other one has read ``s``, stores ``t`` and resets the counter
+(:func:`count_step`). No torch op runs per step for the counts or the corrections.
 
 Hyper-parameters travel as the bit patterns of float64 values (Triton would pass a Python
 float as float32), so float64 parameters get float64 maths throughout. Runs on the CPU
@@ -16,14 +23,14 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from adan._checks import LayoutCache, check_state_shapes
+from adan._checks import LayoutCache, check_devices, check_state_shapes, check_uniform_dtypes, named_buffers
 from adan._compact import scale_shape
 from adan._lists import TensorLists
-from adan._maths import HParams, bias_corrections
+from adan._maths import HParams
 
 __all__ = [
-    "hparam_bits", "step_coefficients", "check_shapes", "capturing", "bucket_tables", "table_pointer",
-    "step_scalars", "adan_update", "to_bf16_sr",
+    "hparam_bits", "check_shapes", "capturing", "bucket_tables", "table_pointer", "step_scalars", "count_step",
+    "adan_update", "to_bf16_sr",
 ]  # fmt: skip
 
 
@@ -37,28 +44,17 @@ def hparam_bits(hp: HParams) -> list[int]:
     return [_bits(hp.beta1), _bits(hp.beta2), _bits(hp.beta3), _bits(hp.eps), _bits(hp.weight_decay)]
 
 
-def step_coefficients(state_steps: list[Tensor], scalars: Tensor, hp: HParams, device: torch.device) -> Tensor:
-    """Steps += 1 (unless found_inf), then per tensor ``[lr/(1-b1^t), lr b2/(1-b2^t),
-    1/sqrt(1-b3^t), t != 1]`` in float64 on ``device``: tensor arithmetic, no host sync."""
-    not_inf = (scalars[2] == 0).to(state_steps[0].dtype)
-    # A list of tensors, not one: _foreach_add_(list, tensor) reads the tensor on the host
-    # (a sync, and an error under CUDA-graph capture; seen on an H200 with torch 2.11).
-    torch._foreach_add_(state_steps, [not_inf] * len(state_steps) if state_steps[0].device == not_inf.device else
-                        [not_inf.to(s.device) for s in state_steps])  # fmt: skip
-    t = torch.stack(state_steps).to(device=device, dtype=torch.float64)
-    a1, a2, c3 = bias_corrections(t, scalars[0], hp.beta1, hp.beta2, hp.beta3)
-    return torch.stack([a1, a2, c3, (t != 1).to(torch.float64)], dim=1).contiguous()
-
-
 def check_shapes(lists: TensorLists, comps: Optional[list] = None) -> None:
-    """Every buffer (and int8 scale) shaped like its parameter: the full check, run by
+    """Every buffer (and int8 scale) shaped like its parameter and on its device, and float32
+    step counts there too (the kernels read and write them): the full check, run by
     :func:`bucket_tables` for each new memory layout."""
-    check_state_shapes(
-        lists.params,
-        (("grad", lists.grads), ("exp_avg", lists.exp_avgs), ("exp_avg_diff", lists.exp_avg_diffs),
-         ("exp_avg_sq", lists.exp_avg_sqs), ("neg_pre_grad", lists.neg_pre_grads), ("param_comp", comps)),
-        lists.state_scales, scale_shape,
-    )  # fmt: skip
+    check_state_shapes(lists.params, named_buffers(lists, comps), lists.state_scales, scale_shape)
+    scales = [t for triple in lists.state_scales or () if triple is not None for t in triple]
+    named = (*named_buffers(lists, comps), ("scale", scales), ("step", lists.state_steps))
+    check_devices(lists.params[0].device, named)
+    check_uniform_dtypes(named)
+    if any(s.dtype != torch.float32 or s.numel() != 1 for s in lists.state_steps):
+        raise TypeError("fused Adan: state 'step' must be one-element float32 tensors on the parameters' device")
 
 
 def capturing(device: torch.device) -> bool:
@@ -81,13 +77,16 @@ def _on_device(values: list[int], device: torch.device) -> Tensor:
 def bucket_tables(
     slots: list[list[Tensor]], grads: list[Tensor], sizes: Callable[[], tuple[list[int], list[int]]], tile: int,
     device: torch.device, check: Callable[[], None],
-) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
-    """``(table, grad_table, tiles)`` on ``device`` for one launch over a bucket.
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
+    """``(table, grad_table, tiles, arrivals)`` on ``device`` for one launch over a bucket.
 
     ``sizes()`` gives ``(counts, extra)``. ``table``: the data pointers of every slot (a
-    row per slot, the parameters first), then ``extra`` (per-tensor sizes).
-    ``grad_table``: the gradients' data pointers. ``tiles``: ``(tensor index, first
-    element)`` per program of ``tile`` elements, ``counts[k]`` programs for tensor ``k``.
+    row per slot, the parameters first, the step counts last), then ``extra`` (per-tensor
+    sizes). ``grad_table``: the gradients' data pointers. ``tiles``: ``(tensor index, first
+    element, programs of the tensor)`` per program of ``tile`` elements, ``counts[k]``
+    programs for tensor ``k``; an empty tensor has one program with first element -1,
+    which only counts its step. ``arrivals``: the tensors' int32 counters for
+    :func:`count_step`, zero between launches.
 
     Each step reads every pointer and every parameter's shape (no device access); a table
     is built, after ``check()`` passed, only for a layout not seen in the last few steps,
@@ -98,19 +97,22 @@ def bucket_tables(
     pointers = [t.data_ptr() for slot in slots for t in slot]
     shapes = [device, *(p.shape for p in params)]
 
-    def build() -> tuple[Tensor, Tensor]:
+    def build() -> tuple[Tensor, Tensor, Tensor]:
         check()
         counts, extra = sizes()
         count = torch.tensor(counts, dtype=torch.int64)
+        empty = count == 0
+        count = count.clamp(min=1)
         index = torch.repeat_interleave(torch.arange(len(counts)), count)
         first = torch.cumsum(count, 0) - count  # each tensor's first tile
-        start = (torch.arange(int(count.sum())) - first[index]) * tile
-        return _on_device(pointers + extra, device), torch.stack([index, start], 1).reshape(-1).to(device)
+        start = torch.where(empty[index], -1, (torch.arange(int(count.sum())) - first[index]) * tile)
+        tiles = torch.stack([index, start, count[index]], 1).reshape(-1).to(device)
+        return _on_device(pointers + extra, device), tiles, torch.zeros(len(counts), dtype=torch.int32, device=device)
 
-    table, tiles = _STATE_TABLES.get(pointers, shapes, build)
+    table, tiles, arrivals = _STATE_TABLES.get(pointers, shapes, build)
     grad_pointers = [g.data_ptr() for g in grads]
     grad_table = _GRAD_TABLES.get(grad_pointers, [device], lambda: _on_device(grad_pointers, device))
-    return table, grad_table, tiles
+    return table, grad_table, tiles, arrivals
 
 
 @triton.jit
@@ -125,22 +127,44 @@ def _f64(bits):
 
 
 @triton.jit
-def step_scalars(scalars_ptr, coef_ptr, b1_bits, b2_bits, b3_bits, eps_bits, wd_bits, NO_PROX: tl.constexpr, ct: tl.constexpr):
+def _pow(b, t):
+    """``b ** t`` in float64 for an integer-valued count ``t >= 1`` (0 for ``b == 0``)."""
+    return tl.exp(t * tl.log(b))
+
+
+@triton.jit
+def step_scalars(scalars_ptr, step_ptr, b1_bits, b2_bits, b3_bits, eps_bits, wd_bits, NO_PROX: tl.constexpr, ct: tl.constexpr):
     """The scalars of one tensor's update in the compute type ``ct``: the betas and one minus
     them, eps, the gradient multiplier, the coefficients a1, a2, c3, keep (0 at the first
-    step) and the weight-decay factors pre and post (see ``adan_math.h``)."""
+    step) and the weight-decay factors pre and post (see ``adan_math.h``); and the new step
+    count ``t`` (float64), which :func:`count_step` stores. The coefficients come from ``t``
+    in float64, as the C kernels compute them."""
     lr = tl.load(scalars_ptr)
+    t = tl.load(step_ptr).to(tl.float64) + 1.0
     b1, b2, b3 = _f64(b1_bits), _f64(b2_bits), _f64(b3_bits)
     wd = _f64(wd_bits)
     pre = (1.0 - lr * wd) if NO_PROX else lr * 0.0 + 1.0
     post = lr * 0.0 + 1.0 if NO_PROX else 1.0 / (1.0 + lr * wd)
     gm = tl.load(scalars_ptr + 1).to(ct)
-    a1 = tl.load(coef_ptr).to(ct)
-    a2 = tl.load(coef_ptr + 1).to(ct)
-    c3 = tl.load(coef_ptr + 2).to(ct)
-    keep = tl.load(coef_ptr + 3).to(ct)
+    a1 = (lr / (1.0 - _pow(b1, t))).to(ct)
+    a2 = (lr * b2 / (1.0 - _pow(b2, t))).to(ct)
+    c3 = (1.0 / tl.sqrt(1.0 - _pow(b3, t))).to(ct)
+    keep = tl.where(t == 1.0, 0.0, 1.0).to(ct)
     betas = (b1.to(ct), b2.to(ct), b3.to(ct), (1.0 - b1).to(ct), (1.0 - b2).to(ct), (1.0 - b3).to(ct))
-    return betas, _f64(eps_bits).to(ct), gm, a1, a2, c3, keep, pre.to(ct), post.to(ct)
+    return betas, _f64(eps_bits).to(ct), gm, a1, a2, c3, keep, pre.to(ct), post.to(ct), t
+
+
+@triton.jit
+def count_step(step_ptr, arrival_ptr, programs, t):
+    """Arrive on a tensor's counter; the last of its ``programs`` to arrive stores the new
+    count ``t`` and resets the counter. Every program reads the old count before it arrives
+    (the barrier holds the program's warps until all of them are past that read), so no
+    program sees a count another has already advanced."""
+    tl.debug_barrier()
+    arrived = tl.atomic_add(arrival_ptr, 1)
+    if arrived == programs - 1:
+        tl.store(step_ptr, t.to(tl.float32))
+        tl.atomic_xchg(arrival_ptr, 0)
 
 
 @triton.jit
