@@ -12,6 +12,8 @@ at float32 tolerances:
 * compact state (bfloat16, int8) through the Triton compact kernel against the CPU kernel;
 * one launch per bucket on 302 tiny and odd-sized tensors, and one Adan kernel per step
   (counted by torch's profiler), in each state format;
+* the step counts the kernels keep (the last program of a tensor to arrive stores it) on a
+  16.8M-element tensor racing with tiny, empty and 0-d ones, in each state format;
 * GradScaler with ``fused=True``: an inf gradient skips the step (step counts included);
 * ``torch.compile`` of the default step and of the fused step in each state format;
 * ``capturable=True`` under CUDA-graph capture, replayed, against eager (last: a failed
@@ -97,6 +99,23 @@ def check_one_launch_per_bucket(fmt) -> str:
     err = max(((a.cpu() - b.cpu()).norm() / b.cpu().norm()).item() for a, b in zip(cuda, other))
     assert err < {"float32": 1e-5, "bfloat16": 2e-3}.get(fmt, 2e-4), err
     return f"{len(shapes)} tensors, {fmt} state: relative error {err:.1e}"
+
+
+def check_step_counts(fmt) -> str:
+    """The kernels count the steps: the last of a tensor's programs to arrive stores the new
+    count. A tensor of 16.8M elements (16,384 programs of the float32 kernel, 65,536 of the
+    compact one) racing with tiny, odd-sized, empty and 0-d ones, for 7 steps: every count
+    must be 7, and the float32 parameters equal the single-tensor path's."""
+    shapes = ((4096, 4096), (0,), (), (1025,), (3, 300), (7,))
+    kw = dict(lr=1e-2, weight_decay=0.02, state_dtype=fmt)
+    ps, opt = _run(kw, torch.float32, "cuda", steps=7, shapes=shapes, fused=True)
+    counts = sorted({opt.state[p]["step"].item() for p in ps})
+    assert counts == [7.0], counts
+    if fmt == "float32":
+        single, _ = _run(kw, torch.float32, "cuda", steps=7, shapes=shapes, foreach=False)
+        for a, b in zip(ps, single):
+            torch.testing.assert_close(a, b)
+    return f"{fmt} state: 7 steps counted on all {len(shapes)} tensors" + (", == single-tensor" if fmt == "float32" else "")
 
 
 def check_launches(fmt) -> str:
@@ -276,6 +295,7 @@ def main() -> int:
     checks += [(f"foreach parity {d}", lambda d=d: check_parity(d, "foreach")) for d in (torch.float32, torch.bfloat16)]
     checks += [(f"compact {f}", lambda f=f: check_compact(f)) for f in ("bfloat16", "int8")]
     checks += [(f"one launch per bucket, {f}", lambda f=f: check_one_launch_per_bucket(f)) for f in ("float32", "bfloat16", "int8")]
+    checks += [(f"step counts, {f}", lambda f=f: check_step_counts(f)) for f in ("float32", "bfloat16", "int8")]
     checks += [(f"kernels per step, {f}", lambda f=f: check_launches(f)) for f in ("float32", "bfloat16", "int8")]
     checks += [("GradScaler inf skip", check_grad_scaler), ("torch.compile, default path", check_compile)]
     checks += [(f"torch.compile, fused {f}", lambda f=f: check_compile_fused(f)) for f in ("float32", "bfloat16", "int8")]
