@@ -90,11 +90,13 @@ def test_a_backend_is_one_registration():
     meta = torch.device("meta")
     assert not _fused.fused_available(meta)
     assert "no fused Adan kernel for device type 'meta'" in _fused.unavailable_reason(meta)
-    calls = []
-    backend = _backends.Backend(
-        "meta", lambda: True, lambda: "", lambda lists, scalars, hp: calls.append((lists, scalars, hp)), None,
-        steps_on_device=True,
-    )  # fmt: skip
+    calls, launched = [], []
+
+    def prepare_full(lists, scalars, hp):  # checks and returns the launch, which writes
+        calls.append((lists, scalars, hp))
+        return lambda: launched.append(lists)
+
+    backend = _backends.Backend("meta", lambda: True, lambda: "", prepare_full, None, steps_on_device=True)
     _backends.register(backend)
     try:
         assert _fused.fused_available(meta)
@@ -103,6 +105,7 @@ def test_a_backend_is_one_registration():
         opt = Adan([p], lr=0.1, betas=(0.9, 0.8, 0.7), fused=True)
         opt.step()
         [(lists, scalars, hp)] = calls
+        assert launched == [lists]
         assert lists.params == [p] and lists.grads[0] is p.grad and scalars.device == meta
         assert (hp.beta1, hp.beta2, hp.beta3) == (0.9, 0.8, 0.7)
         assert opt.state[p]["step"].device == meta  # steps_on_device

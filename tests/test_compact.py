@@ -513,8 +513,8 @@ def test_triton_bfloat16_state_rounding_is_unbiased():
         from adan import _backends
         from adan.kernels import adan_triton, adan_triton_compact
         from test_compact import assert_rounding_unbiased, bf16_rounding_states
-        triton_on_cpu = _backends.Backend("cpu", lambda: True, lambda: "", adan_triton.launch_full,
-                                          adan_triton_compact.launch_compact, steps_on_device=False)
+        triton_on_cpu = _backends.Backend("cpu", lambda: True, lambda: "", adan_triton.prepare_full,
+                                          adan_triton_compact.prepare_compact, steps_on_device=False)
         with mock.patch.dict(_backends.BACKENDS, {{"cpu": triton_on_cpu}}):
             assert_rounding_unbiased(bf16_rounding_states(dict(fused=True), (512, 512)))
         print("ok")

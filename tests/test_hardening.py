@@ -43,6 +43,15 @@ def _snapshot(opt) -> tuple:
     return copy.deepcopy(opt.param_groups), {id(p): {k: v.clone() for k, v in s.items() if torch.is_tensor(v)} for p, s in opt.state.items()}
 
 
+def _step_raises_and_changes_nothing(opt, params, match: str) -> None:
+    before = [p.detach().clone() for p in params]
+    snap = _snapshot(opt)
+    with pytest.raises(ValueError, match=match):
+        opt.step()
+    assert all(torch.equal(p, b) for p, b in zip(params, before))
+    _assert_unchanged(opt, snap)
+
+
 def _assert_unchanged(opt, snap) -> None:
     groups, state = snap
     assert [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups] == [
@@ -65,12 +74,9 @@ def test_resized_parameter_raises_and_changes_nothing(path, state_dtype):
     opt.step()
     emb.data = torch.cat([emb.data, torch.randn(32, 128)])  # grow the embedding
     emb.grad = torch.randn_like(emb)
-    before = emb.detach().clone()
-    snap = _snapshot(opt)
-    with pytest.raises(ValueError, match=r"parameter 0 of parameter group 0 has shape \(96, 128\) but its 'exp_avg' has shape \(64, 128\)"):
-        opt.step()
-    assert torch.equal(emb, before)
-    _assert_unchanged(opt, snap)
+    _step_raises_and_changes_nothing(
+        opt, [emb], r"parameter 0 of parameter group 0 has shape \(96, 128\) but its 'exp_avg' has shape \(64, 128\)"
+    )
 
 
 def test_functional_and_triton_launcher_check_shapes():
@@ -408,14 +414,30 @@ def test_layout_cache_never_lets_a_changed_layout_through(state_dtype):
         opt.step()
 
 
+@pytest.mark.parametrize("path", ALL_PATHS)
+@pytest.mark.parametrize("state_dtype", ["float32", "int8"])
+def test_a_bad_group_raises_before_any_group_is_updated(path, state_dtype):
+    """step() checks and prepares every group's update before it writes any: a parameter
+    resized in the second group (weight-decay and no-decay groups are the usual pair) leaves
+    the first group's parameters, moments, step counts and seeded previous gradients as
+    they were (before, the first group was updated and then the step raised)."""
+    a, b = torch.nn.Parameter(torch.randn(64, 300)), torch.nn.Parameter(torch.randn(8))
+    opt = Adan([{"params": [a]}, {"params": [b], "weight_decay": 0.0}], lr=1e-2, weight_decay=0.1,
+               state_dtype=state_dtype, **PATHS[path])  # fmt: skip
+    for _ in range(2):
+        a.grad, b.grad = torch.randn_like(a), torch.randn_like(b)
+        opt.step()
+    opt.restart_opt()  # a's next step seeds its previous gradient: that write waits for the checks too
+    b.data = torch.randn(16)
+    a.grad, b.grad = torch.randn_like(a), torch.randn_like(b)
+    _step_raises_and_changes_nothing(opt, [a], r"parameter 0 of parameter group 1 has shape \(16,\)")
+
+
 @pytest.mark.skipif(not CPU_FUSED, reason="no C compiler")
 @pytest.mark.parametrize("state_dtype", ["float32", "bfloat16", "int8"])
 @pytest.mark.parametrize("slot", ["exp_avg", "neg_pre_grad", "step"])
 @pytest.mark.parametrize("fault", ["device", "dtype"])
 def test_state_on_another_device_or_of_another_dtype_raises_and_changes_nothing(state_dtype, slot, fault):
-    if fault == "dtype" and slot == "exp_avg" and state_dtype != "float32":
-        pytest.skip("a compact moment of another dtype moves its parameter to another bucket (the float32 launcher "
-                    "refuses it, but after the compact bucket ran: the known gap of multi-bucket steps)")
     """The kernels read a bucket's buffers through raw pointers, each list in the dtype of
     its first tensor: a buffer of the second parameter that is narrower (float16 where
     float32 is read: writes past its end) or on another device (here ``meta``; a CUDA
@@ -433,7 +455,9 @@ def test_state_on_another_device_or_of_another_dtype_raises_and_changes_nothing(
     before = [w.detach().clone() for w in ws]
     steps = [opt.state[w]["step"].clone() for w in ws[:1]]
     error = ValueError if fault == "device" else TypeError
-    match = f"'{slot}' is on meta" if fault == "device" else f"'{slot}' buffers of one bucket mix dtypes"
+    # (a float16 moment among bfloat16 ones is not compact state: its parameter moves to the float32 bucket,
+    # whose launcher names it; the compact bucket, prepared first, must not have run)
+    match = f"'{slot}' is on meta" if fault == "device" else f"'{slot}' buffers of one bucket mix dtypes|must be torch.float32"
     with pytest.raises(error, match=match):
         opt.step()
     assert all(torch.equal(w, b) for w, b in zip(ws, before))
@@ -473,8 +497,8 @@ def test_triton_device_tables_follow_every_change_of_layout():
         from adan import _backends
         from adan.kernels import adan_triton, adan_triton_compact
         from test_hardening import follow_layout_changes
-        triton_on_cpu = _backends.Backend("cpu", lambda: True, lambda: "", adan_triton.launch_full,
-                                          adan_triton_compact.launch_compact, steps_on_device=False)
+        triton_on_cpu = _backends.Backend("cpu", lambda: True, lambda: "", adan_triton.prepare_full,
+                                          adan_triton_compact.prepare_compact, steps_on_device=False)
         with mock.patch.dict(_backends.BACKENDS, {{"cpu": triton_on_cpu}}):
             for fmt in ("float32", "bfloat16", "int8"):
                 follow_layout_changes(fmt, torch.float32, 1e-3 if fmt != "float32" else 1e-5)

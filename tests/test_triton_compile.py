@@ -68,7 +68,7 @@ def _record(configs) -> dict:
     distinct kernel calls, keyed by argument types and constants."""
     calls: list = []
     patches = [mock.patch.object(mod, name, _Recorder(getattr(mod, name), calls)) for mod, names in _KERNELS.items() for name in names]
-    triton_backend = _backends.Backend("cpu", lambda: True, lambda: "", adan_triton.launch_full, adan_triton_compact.launch_compact, steps_on_device=False)
+    triton_backend = _backends.Backend("cpu", lambda: True, lambda: "", adan_triton.prepare_full, adan_triton_compact.prepare_compact, steps_on_device=False)
     with mock.patch.dict(_backends.BACKENDS, {"cpu": triton_backend}):
         for p in patches:
             p.start()

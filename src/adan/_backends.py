@@ -7,12 +7,15 @@ this registry and never name a device type themselves. Supporting another device
 XPU, a CUDA C++ kernel) is one module with the two launchers plus one :func:`register`
 call; every launcher has the signatures of :mod:`adan.kernels.cpu`::
 
-    launch_full(lists: TensorLists, scalars: Tensor, hp: HParams) -> None
-    launch_compact(lists: TensorLists, param_update: str, scalars: Tensor, hp: HParams,
-                   generator: Optional[torch.Generator]) -> None
+    prepare_full(lists: TensorLists, scalars: Tensor, hp: HParams) -> Callable[[], None]
+    prepare_compact(lists: TensorLists, param_update: str, scalars: Tensor, hp: HParams,
+                    generator: Optional[torch.Generator]) -> Callable[[], None]
 
-``scalars`` is ``[lr, grad_multiplier, found_inf]`` in float64 on the bucket's device; a
-launcher increments the step counts itself (not when ``found_inf`` is set).
+A launcher checks its bucket (raising on bad input) and returns the launch, which writes;
+:mod:`adan._fused` prepares every bucket of a step before it launches any, so a bad one
+leaves every tensor as it was. ``scalars`` is ``[lr, grad_multiplier, found_inf]`` in
+float64 on the bucket's device; a launch increments the step counts itself (not when
+``found_inf`` is set).
 """
 
 from __future__ import annotations
@@ -32,8 +35,8 @@ class Backend:
     device_type: str
     is_available: Callable[[], bool]
     reason: Callable[[], str]  # why it is not available
-    launch_full: Callable[..., None]
-    launch_compact: Optional[Callable[..., None]]  # None: compact state takes the torch ops
+    prepare_full: Callable[..., Callable[[], None]]
+    prepare_compact: Optional[Callable[..., Callable[[], None]]]  # None: compact state takes the torch ops
     steps_on_device: bool  # the kernels read the step counts on the device (else a CPU tensor)
 
 
@@ -71,7 +74,7 @@ def unavailable_reason(device: torch.device) -> str:
 
 
 # ------------------------------------------------------------------ the two we ship
-register(Backend("cpu", cpu.available, cpu.unavailable_reason, cpu.launch_full, cpu.launch_compact, steps_on_device=False))
+register(Backend("cpu", cpu.available, cpu.unavailable_reason, cpu.prepare_full, cpu.prepare_compact, steps_on_device=False))
 
 
 def _triton_available() -> bool:
@@ -82,16 +85,16 @@ def _triton_available() -> bool:
     return True
 
 
-def _cuda_full(*args, **kwargs) -> None:  # Triton is imported at the first CUDA launch only
-    from adan.kernels.adan_triton import launch_full
+def _cuda_full(*args, **kwargs) -> Callable[[], None]:  # Triton is imported at the first CUDA step only
+    from adan.kernels.adan_triton import prepare_full
 
-    launch_full(*args, **kwargs)
+    return prepare_full(*args, **kwargs)
 
 
-def _cuda_compact(*args, **kwargs) -> None:
-    from adan.kernels.adan_triton_compact import launch_compact
+def _cuda_compact(*args, **kwargs) -> Callable[[], None]:
+    from adan.kernels.adan_triton_compact import prepare_compact
 
-    launch_compact(*args, **kwargs)
+    return prepare_compact(*args, **kwargs)
 
 
 register(

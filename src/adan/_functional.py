@@ -17,7 +17,9 @@ same update (code convention, see :mod:`adan.reference` for the paper's)::
     p     = p / (1 + lr wd)               (no_prox=True: p (1 - lr wd) before the update)
     g'    = g                             stored as ``neg_pre_grad = -g``
 
-No path reads a tensor back to the host: the step count ``t`` lives in a tensor, the
+:func:`prepare_update` checks an update and returns it as a launch that writes when called;
+:meth:`Adan.step` prepares every group's before it runs any, so bad input raises with every
+tensor unchanged. No path reads a tensor back to the host: the step count ``t`` lives in a tensor, the
 bias corrections are computed from it in float64 (tensor arithmetic, or inside the
 kernel), and the global clipping factor stays a tensor. bfloat16/float16 parameters
 keep float32 moments and are updated with float32 maths on every path.
@@ -337,17 +339,18 @@ def _multi_tensor_adan(lists: TensorLists, hp: HParams, opts: _Options) -> None:
                 size += k
 
 
-def _fused_adan(lists: TensorLists, hp: HParams, opts: _Options) -> None:
-    """The fused path: full-precision state through :func:`adan._fused.fused_full`; compact
-    state through the compact kernels where they run (eagerly or, under ``torch.compile``,
-    as a custom op), else (CUDA without Triton) through the torch ops of the single-tensor
-    path."""
+def _fused_adan(lists: TensorLists, hp: HParams, opts: _Options) -> _fused.Launch:
+    """The fused path, checked, as a launch: full-precision state through
+    :func:`adan._fused.fused_full`; compact state through the compact kernels where they run
+    (eagerly or, under ``torch.compile``, as a custom op), else (CUDA without Triton)
+    through the torch ops of the single-tensor path."""
     device = lists.params[0].device
     scalars = _fused.scalars_of(opts.lr, opts.clip_coef, opts.maximize, opts.grad_scale, opts.found_inf, device)
     compact, rest = lists.split_compact(opts.param_update)
+    launches = []
     if compact.params:
         if _fused.compact_kernels_run(compact.params):
-            _fused.fused_compact(compact, opts.param_update, scalars, hp, generator=opts.generator)
+            launches.append(_fused.fused_compact(compact, opts.param_update, scalars, hp, generator=opts.generator))
         elif opts.grad_scale is not None or opts.found_inf is not None:
             raise RuntimeError(
                 "fused Adan: compact state (state_dtype != 'float32' or param_update != 'nearest') with a GradScaler "
@@ -355,9 +358,11 @@ def _fused_adan(lists: TensorLists, hp: HParams, opts: _Options) -> None:
             )
         else:  # the multiplier folds the clip factor and the maximize sign, as the kernels take it
             _check_shapes(compact)
-            _single_tensor_adan(compact, hp, opts._replace(lr=scalars[0], clip_coef=scalars[1], maximize=False))
+            folded = opts._replace(lr=scalars[0], clip_coef=scalars[1], maximize=False)
+            launches.append(lambda: _single_tensor_adan(compact, hp, folded))
     if rest.params:
-        _fused.fused_full(rest, scalars, hp)
+        launches.append(_fused.fused_full(rest, scalars, hp))
+    return _fused._sequence(launches)
 
 
 _PLAIN = (Tensor, torch.nn.Parameter)
@@ -434,17 +439,28 @@ def adan(
     state tensor must have its parameter's shape (``ValueError`` otherwise). See
     :class:`Adan` for the rest.
     """
-    if not params:
-        return
-    if torch.is_tensor(lr) and lr.dim() != 0:  # any one-element lr, as torch.optim takes it
-        lr = lr.reshape(())
-    foreach, fused = _resolve_path(params, foreach, fused)
-    if not fused and (grad_scale is not None or found_inf is not None):
-        raise RuntimeError("grad_scale and found_inf are supported by the fused path only")
     lists = TensorLists(params, grads, exp_avgs, exp_avg_diffs, exp_avg_sqs, neg_pre_grads, state_steps, state_scales, param_comps)
-    if not fused:  # (the fused launchers check once per memory layout)
-        _check_shapes(lists)
-    hp = HParams(beta1, beta2, beta3, eps, weight_decay, no_prox)
     opts = _Options(lr, clip_coef, maximize, param_update, generator, grad_scale, found_inf)
-    path = _fused_adan if fused else _multi_tensor_adan if foreach else _single_tensor_adan
-    path(lists, hp, opts)
+    prepare_update(lists, HParams(beta1, beta2, beta3, eps, weight_decay, no_prox), opts, foreach, fused)()
+
+
+def prepare_update(lists: TensorLists, hp: HParams, opts: _Options, foreach: Optional[bool], fused: Optional[bool]) -> _fused.Launch:
+    """Check one update (shapes, devices, dtypes, options) and return it as a launch, which
+    writes when called. :meth:`Adan.step` prepares every group before it launches any, so
+    a bad one raises with every tensor as it was; :func:`adan` runs it at once."""
+    if not lists.params:
+        return _nothing
+    if torch.is_tensor(opts.lr) and opts.lr.dim() != 0:  # any one-element lr, as torch.optim takes it
+        opts = opts._replace(lr=opts.lr.reshape(()))
+    foreach, fused = _resolve_path(lists.params, foreach, fused)
+    if not fused and (opts.grad_scale is not None or opts.found_inf is not None):
+        raise RuntimeError("grad_scale and found_inf are supported by the fused path only")
+    if fused:  # (the fused launchers check once per memory layout)
+        return _fused_adan(lists, hp, opts)
+    _check_shapes(lists)
+    path = _multi_tensor_adan if foreach else _single_tensor_adan
+    return lambda: path(lists, hp, opts)
+
+
+def _nothing() -> None:
+    pass

@@ -3,7 +3,8 @@
 The entry points: :func:`fused_full` (full-precision state) and :func:`fused_compact`
 (compact state, where :func:`compact_kernels_run`); the dispatch between them lives in
 :mod:`adan._functional`, the kernels behind :mod:`adan._backends` (C/OpenMP on the CPU,
-Triton on CUDA). In eager mode the kernels are called directly (a ctypes call on the
+Triton on CUDA). Both check every bucket and return its launch: nothing is written until
+the caller runs the launches, after every bucket of every group passed. In eager mode the kernels are called directly (a ctypes call on the
 CPU); under ``torch.compile`` they go through the custom ops ``adan::fused_adan_``
 (full-precision state) and ``adan::fused_adan_compact_`` (compact state), so that the
 compiler sees one opaque op per bucket that mutates the parameters and the state in place.
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 import warnings
 from operator import attrgetter
-from typing import Optional, Union
+from typing import Callable, Optional, Union
 
 import torch
 from torch import Tensor
@@ -30,6 +31,8 @@ from adan._lists import TensorLists
 from adan._maths import HParams
 
 __all__ = ["fused_available", "state_dtype_for"]
+
+Launch = Callable[[], None]  # a checked update that writes when called
 
 _warned = False
 
@@ -102,7 +105,15 @@ def grad_multiplier(
 _is_cpu, _is_cuda = attrgetter("is_cpu"), attrgetter("is_cuda")
 
 
-def _fused_impl(lists: TensorLists, scalars: Tensor, hp: HParams) -> None:
+def _sequence(launches: list[Launch]) -> Launch:
+    def launch_all() -> None:
+        for launch in launches:
+            launch()
+
+    return launches[0] if len(launches) == 1 else launch_all
+
+
+def _prepare_full(lists: TensorLists, scalars: Tensor, hp: HParams) -> Launch:
     """One launch per (device, parameter dtype) bucket, by the device's backend."""
     params = lists.params
     if len({p.dtype for p in params}) == 1 and (
@@ -113,11 +124,13 @@ def _fused_impl(lists: TensorLists, scalars: Tensor, hp: HParams) -> None:
     else:
         grouped = torch._C._group_tensors_by_device_and_dtype(list(lists.dense), False)
         buckets = [(TensorLists(*bucket), device) for (device, _), (bucket, _) in grouped.items()]
+    launches = []
     for bucket, device in buckets:
         backend = _backends.get(device)
         if backend is None:
             raise RuntimeError(f"fused=True: {unavailable_reason(device)}")
-        backend.launch_full(bucket, scalars.to(device), hp)
+        launches.append(backend.prepare_full(bucket, scalars.to(device), hp))
+    return _sequence(launches)
 
 
 @torch.library.custom_op(
@@ -142,16 +155,16 @@ def _fused_op(
 ) -> None:
     """One fused Adan step, in place (see ``adan/kernels/adan_math.h`` for the maths)."""
     lists = TensorLists(params, grads, exp_avgs, exp_avg_diffs, exp_avg_sqs, neg_pre_grads, state_steps)
-    _fused_impl(lists, scalars, HParams(beta1, beta2, beta3, eps, weight_decay, no_prox))
+    _prepare_full(lists, scalars, HParams(beta1, beta2, beta3, eps, weight_decay, no_prox))()
 
 
-def fused_full(lists: TensorLists, scalars: Tensor, hp: HParams) -> None:
-    """The fused step of full-precision state: the kernels directly in eager mode, the custom
-    op ``adan::fused_adan_`` under ``torch.compile``."""
+def fused_full(lists: TensorLists, scalars: Tensor, hp: HParams) -> Launch:
+    """The fused step of full-precision state, checked, as a launch: the kernels directly in
+    eager mode, the custom op ``adan::fused_adan_`` under ``torch.compile`` (which checks
+    when it runs)."""
     if torch.compiler.is_compiling():
-        torch.ops.adan.fused_adan_(*lists.dense, scalars, *hp)
-    else:
-        _fused_impl(lists, scalars, hp)
+        return lambda: torch.ops.adan.fused_adan_(*lists.dense, scalars, *hp)
+    return _prepare_full(lists, scalars, hp)
 
 
 def compact_kernels_run(params: list[Tensor]) -> bool:
@@ -159,7 +172,7 @@ def compact_kernels_run(params: list[Tensor]) -> bool:
     has a compact kernel that runs here (eagerly, or under ``torch.compile`` as the custom
     op ``adan::fused_adan_compact_``)."""
     backend = _backends.BACKENDS.get(_backends.device_type_of(params))
-    return backend is not None and backend.launch_compact is not None and backend.is_available()
+    return backend is not None and backend.prepare_compact is not None and backend.is_available()
 
 
 @torch.library.custom_op(
@@ -195,7 +208,8 @@ def _fused_compact_op(
     seed comes from torch's default generator (a traced step takes none)."""
     scales = list(zip(m_scales, v_scales, n_scales)) if m_scales else None
     lists = TensorLists(params, grads, exp_avgs, exp_avg_diffs, exp_avg_sqs, neg_pre_grads, state_steps, scales, param_comps or None)
-    _backends.get(params[0].device).launch_compact(lists, param_update, scalars, HParams(beta1, beta2, beta3, eps, weight_decay, no_prox))
+    hp = HParams(beta1, beta2, beta3, eps, weight_decay, no_prox)
+    _backends.get(params[0].device).prepare_compact(lists, param_update, scalars, hp)()
 
 
 def _compact_op_args(part: TensorLists, param_update: str) -> tuple:
@@ -209,13 +223,15 @@ def _compact_op_args(part: TensorLists, param_update: str) -> tuple:
 
 def fused_compact(
     lists: TensorLists, param_update: str, scalars: Tensor, hp: HParams, generator: Optional[torch.Generator] = None
-) -> None:
-    """Compact tensors (see :func:`compact_kernels_run`): one compact-kernel call per (device,
-    parameter dtype, state format); under ``torch.compile`` each is the custom op."""
+) -> Launch:
+    """Compact tensors (see :func:`compact_kernels_run`), checked, as a launch: one
+    compact-kernel call per (device, parameter dtype, state format); under
+    ``torch.compile`` each is the custom op."""
     params, exp_avgs = lists.params, lists.exp_avgs
     buckets: dict[tuple, list[int]] = {}
     for i, (p, m) in enumerate(zip(params, exp_avgs)):  # (get_device and is_cuda: no device object per tensor)
         buckets.setdefault((p.get_device(), p.is_cpu, p.is_cuda, p.dtype, m.dtype), []).append(i)
+    launches = []
     for idx in buckets.values():
         device = params[idx[0]].device
         if len(buckets) == 1:
@@ -224,6 +240,8 @@ def fused_compact(
             keep = set(idx)
             part = lists.select([i in keep for i in range(len(params))])
         if torch.compiler.is_compiling():
-            torch.ops.adan.fused_adan_compact_(*part.dense, *_compact_op_args(part, param_update), param_update, scalars.to(device), *hp)
+            args = (*part.dense, *_compact_op_args(part, param_update), param_update, scalars.to(device), *hp)
+            launches.append(lambda args=args: torch.ops.adan.fused_adan_compact_(*args))
         else:
-            _backends.get(device).launch_compact(part, param_update, scalars.to(device), hp, generator=generator)
+            launches.append(_backends.get(device).prepare_compact(part, param_update, scalars.to(device), hp, generator=generator))
+    return _sequence(launches)

@@ -7,8 +7,9 @@ From the step count ``t`` (already incremented) and the learning rate, in float6
     a2 = lr b2 / (1 - b2^t)       the same for v, with the Nesterov weight b2
     c3 = 1 / sqrt(1 - b3^t)       the bias correction of sqrt(n)
 
-The torch paths (:mod:`adan._functional`) and the Triton launchers use this function; the
-C kernels compute the same three numbers in double from the same formulas.
+The torch paths (:mod:`adan._functional`) use this function; the C kernels
+(``adan_math.h``) and the Triton kernels (``triton_common.step_scalars``) compute the same
+three numbers in double from the same formulas, inside the kernel.
 """
 
 from __future__ import annotations

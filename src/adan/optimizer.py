@@ -22,7 +22,9 @@ from adan import _backends, _checkpoint, _formats, _fused
 from adan._checks import StateShapeError, check_foreign_options, check_no_duplicates
 from adan._clip import DTensor, global_clip_coefficient, shard_group
 from adan._compact import COMP_KEY, LOW_PRECISION
-from adan._functional import LR, _grad_scale, _resolve_path, adan
+from adan._functional import LR, _grad_scale, _Options, _resolve_path, adan, prepare_update
+from adan._lists import TensorLists
+from adan._maths import HParams
 
 __all__ = ["Adan", "adan", "global_clip_coefficient"]
 
@@ -258,20 +260,23 @@ class Adan(Optimizer):
         if any(map(attrgetter("is_sparse"), grads)):
             raise RuntimeError("Adan does not support sparse gradients; use a dense gradient or torch.optim.SparseAdam")
         all_state = self.state
-        states = list(map(all_state.__getitem__, params))
-        negs = list(map(methodcaller("get", "neg_pre_grad"), states))
+        states = list(map(all_state.get, params))
+        negs = [None] * len(params) if None in states else list(map(methodcaller("get", "neg_pre_grad"), states))
         fresh = []  # states without a previous gradient (restarted, or loaded without one): g' = g
+        pending = []  # (parameter, its new state entries): stored by the step's first launch, after every check
         if any(map(is_, negs, repeat(None))):  # new parameters, or such states
             if group["fused"]:  # before any state is made: it would stay on the meta device
                 _check_fused_params(params)
             for i, (p, state) in enumerate(zip(params, states)):
                 if negs[i] is None:
-                    if "exp_avg" in state:
-                        state["neg_pre_grad"] = _formats.format_of(state["exp_avg"]).new_neg(p)
+                    if state is not None and "exp_avg" in state:
+                        new = {"neg_pre_grad": _formats.format_of(state["exp_avg"]).new_neg(p)}
                         fresh.append(i)
                     else:  # the paths handle a first step themselves
-                        state.update(self._new_state(p, group))
-                    negs[i] = state["neg_pre_grad"]
+                        new = self._new_state(p, group)
+                    states[i] = {**(state or {}), **new}
+                    pending.append((p, new))
+                    negs[i] = new["neg_pre_grad"]
         exp_avgs, exp_avg_sqs, exp_avg_diffs, steps = (
             list(map(itemgetter(key), states)) for key in ("exp_avg", "exp_avg_sq", "exp_avg_diff", "step")
         )
@@ -288,11 +293,11 @@ class Adan(Optimizer):
         if fmt.scale_keys:  # None for a parameter that keeps float32 state (too small, say)
             lists["state_scales"] = [fmt.scales(s) for s in states]
         if group["param_update"] == "kahan":  # a state made under another param_update gets its buffer now
-            lists["param_comps"] = [
-                s.get(COMP_KEY) if COMP_KEY in s or p.dtype not in LOW_PRECISION
-                else s.setdefault(COMP_KEY, torch.zeros_like(p, memory_format=torch.preserve_format))
-                for p, s in zip(params, states)
-            ]  # fmt: skip
+            lists["param_comps"] = [s.get(COMP_KEY) for s in states]
+            for i, (p, s) in enumerate(zip(params, states)):
+                if COMP_KEY not in s and p.dtype in LOW_PRECISION:
+                    lists["param_comps"][i] = comp = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    pending.append((p, {COMP_KEY: comp}))
         # DTensor parameters (FSDP2): the update is elementwise, so it runs on the local
         # shards; only the clipping norm needs the other ranks (see _norm_groups).
         norm_groups = [None] * len(params)
@@ -310,8 +315,15 @@ class Adan(Optimizer):
                 if key != "state_steps":
                     lists[key] = [torch.view_as_real(t) if t.is_complex() else t for t in values]
         lists["fresh"] = fresh
+        lists["pending"] = pending
         lists["norm_groups"] = norm_groups
         return lists
+
+    def _store(self, pending: list[tuple[Tensor, dict[str, Tensor]]]) -> None:
+        """Put the state entries a step made (new parameters' state, previous-gradient and
+        Kahan buffers) into ``self.state``: the step's first write, after every check."""
+        for p, entries in pending:
+            self.state[p].update(entries)
 
     @torch.no_grad()
     def restart_opt(self) -> None:
@@ -360,6 +372,10 @@ class Adan(Optimizer):
                     shard_groups=norm_groups, partition_group=self.grad_norm_group,
                 )  # fmt: skip
 
+        # Then check and prepare every group's update, and only then write: a bad group
+        # raises with every parameter and state tensor as it was.
+        pending = [entry for lists in gathered for entry in lists.pop("pending")]
+        launches = [lambda: self._store(pending)] if pending else []
         for gi, (group, lists) in enumerate(zip(self.param_groups, gathered)):
             fresh = lists.pop("fresh")
             if not lists["params"]:
@@ -370,35 +386,27 @@ class Adan(Optimizer):
                     _fused.grad_multiplier(clip_coef, group["maximize"], grad_scale, lists["params"][0].device)
                     if fused else _grad_scale(clip_coef, group["maximize"])
                 )  # fmt: skip
-                _seed_previous_gradients([lists["grads"][i] for i in fresh], [lists["neg_pre_grads"][i] for i in fresh], mult)
+                seed = ([lists["grads"][i] for i in fresh], [lists["neg_pre_grads"][i] for i in fresh], mult)
+                launches.append(lambda seed=seed: _seed_previous_gradients(*seed))
             rounding = group["state_dtype"] != "float32" or group["param_update"] == "stochastic"
+            update = TensorLists(
+                lists["params"], lists["grads"], lists["exp_avgs"], lists["exp_avg_diffs"], lists["exp_avg_sqs"],
+                lists["neg_pre_grads"], lists["state_steps"], lists.get("state_scales"), lists.get("param_comps"),
+            )  # fmt: skip
+            generator = self._generator(lists["params"][0].device) if rounding else None
+            opts = _Options(group["lr"], clip_coef, group["maximize"], group["param_update"], generator, grad_scale, found_inf)
             beta1, beta2, beta3 = group["betas"]
+            hp = HParams(beta1, beta2, beta3, group["eps"], group["weight_decay"], group["no_prox"])
             try:
-                adan(
-                    **lists,
-                    foreach=foreach,
-                    fused=fused,
-                    grad_scale=grad_scale,
-                    found_inf=found_inf,
-                    clip_coef=clip_coef,
-                    beta1=beta1,
-                    beta2=beta2,
-                    beta3=beta3,
-                    lr=group["lr"],
-                    weight_decay=group["weight_decay"],
-                    eps=group["eps"],
-                    no_prox=group["no_prox"],
-                    maximize=group["maximize"],
-                    capturable=group["capturable"],
-                    param_update=group["param_update"],
-                    generator=self._generator(lists["params"][0].device) if rounding else None,
-                )
+                launches.append(prepare_update(update, hp, opts, foreach, fused))
             except StateShapeError as exc:
                 p = lists["params"][exc.index]
                 index = next((i for i, q in enumerate(group["params"]) if q is p), exc.index)
                 raise StateShapeError(
                     exc.index, exc.name, exc.param_shape, exc.shape, f"parameter {index} of parameter group {gi}"
                 ) from None
+        for launch in launches:
+            launch()
         return loss
 
     # ------------------------------------------------------------ checkpoints

@@ -12,6 +12,8 @@ program updates ``BLOCK`` elements of one tensor, so tiny tensors cost one progr
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import triton
 import triton.language as tl
@@ -24,7 +26,7 @@ from adan.kernels.triton_common import (
     adan_update, bucket_tables, capturing, check_shapes, count_step, hparam_bits, step_scalars, table_pointer,
 )  # fmt: skip
 
-__all__ = ["launch_full"]
+__all__ = ["prepare_full", "launch_full"]
 
 _BLOCK = 1024
 _NUM_WARPS = 4  # 4 and 8 warps of 1024 elements tie within noise on an H200; larger tiles lose (benchmarks/gpu_tune.py)
@@ -106,15 +108,16 @@ def _adan_table_kernel(
 _TL_DTYPES = {torch.float32: tl.float32, torch.float64: tl.float64, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
 
 
-def launch_full(lists: TensorLists, scalars: Tensor, hp: HParams) -> None:
-    """One fused Adan step over a bucket of same-device, same-dtype tensors: one launch for
-    the bucket (a tensor per launch under CUDA-graph capture)."""
+def prepare_full(lists: TensorLists, scalars: Tensor, hp: HParams) -> Callable[[], None]:
+    """Check a bucket of same-device, same-dtype tensors and put its tables on the device;
+    return its launch: one for the bucket (a launch per tensor under CUDA-graph capture)."""
     params = lists.params
     device = params[0].device
     lists = lists._replace(grads=flat_grads(params, lists.grads, params[0].dtype), state_scales=None)
     compute_f64 = params[0].dtype == torch.float64
     bits = hparam_bits(hp)
     states = [lists.exp_avgs, lists.exp_avg_diffs, lists.exp_avg_sqs, lists.neg_pre_grads]
+    consts = dict(NO_PROX=bool(hp.no_prox), COMPUTE_F64=compute_f64, BLOCK=_BLOCK, num_warps=_NUM_WARPS)
     if not capturing(device):
         def sizes() -> tuple[list[int], list[int]]:
             numels = [p.numel() for p in params]
@@ -123,17 +126,24 @@ def launch_full(lists: TensorLists, scalars: Tensor, hp: HParams) -> None:
         table, grad_table, tiles, arrivals = bucket_tables(
             [params, *states, lists.state_steps], lists.grads, sizes, _BLOCK, device, lambda: check_shapes(lists)
         )
-        _adan_table_kernel[(tiles.numel() // 3,)](
-            table, grad_table, tiles, arrivals, scalars, len(params), *bits, NO_PROX=bool(hp.no_prox),
-            P_DT=_TL_DTYPES[params[0].dtype], S_DT=_TL_DTYPES[lists.exp_avgs[0].dtype], COMPUTE_F64=compute_f64,
-            BLOCK=_BLOCK, num_warps=_NUM_WARPS,
-        )  # fmt: skip
-        return
+        dtypes = dict(P_DT=_TL_DTYPES[params[0].dtype], S_DT=_TL_DTYPES[lists.exp_avgs[0].dtype])
+        return lambda: _adan_table_kernel[(tiles.numel() // 3,)](
+            table, grad_table, tiles, arrivals, scalars, len(params), *bits, **dtypes, **consts
+        )
     check_shapes(lists)  # under capture: a launch per tensor, no table, checked every time
-    arrivals = torch.zeros(len(params), dtype=torch.int32, device=device)  # (zeroed by a captured fill at each replay)
-    for k, p in enumerate(params):
-        numel = p.numel()
-        _adan_kernel[(max(1, triton.cdiv(numel, _BLOCK)),)](
-            p, lists.grads[k], *(slot[k] for slot in states), lists.state_steps[k], arrivals[k], scalars, numel, *bits,
-            NO_PROX=bool(hp.no_prox), COMPUTE_F64=compute_f64, BLOCK=_BLOCK, num_warps=_NUM_WARPS,
-        )  # fmt: skip
+
+    def launch() -> None:
+        arrivals = torch.zeros(len(params), dtype=torch.int32, device=device)  # (zeroed by a captured fill at each replay)
+        for k, p in enumerate(params):
+            numel = p.numel()
+            _adan_kernel[(max(1, triton.cdiv(numel, _BLOCK)),)](
+                p, lists.grads[k], *(slot[k] for slot in states), lists.state_steps[k], arrivals[k], scalars, numel,
+                *bits, **consts,
+            )  # fmt: skip
+
+    return launch
+
+
+def launch_full(lists: TensorLists, scalars: Tensor, hp: HParams) -> None:
+    """:func:`prepare_full` and its launch at once."""
+    prepare_full(lists, scalars, hp)()

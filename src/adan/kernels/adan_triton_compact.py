@@ -15,7 +15,7 @@ Runs on the CPU under Triton's interpreter (``TRITON_INTERPRET=1``) for testing.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import triton
@@ -33,7 +33,7 @@ from adan.kernels.triton_common import (
     to_bf16_sr,
 )  # fmt: skip
 
-__all__ = ["launch_compact"]
+__all__ = ["prepare_compact", "launch_compact"]
 
 # The codes of adan/_codes.py, as compile-time constants of the kernel.
 _F32 = tl.constexpr(int(Format.F32))
@@ -209,19 +209,26 @@ _TL_DTYPES = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.floa
               torch.int8: tl.int8, torch.uint8: tl.uint8}  # fmt: skip
 
 
-def launch_compact(
+def prepare_compact(
     lists: TensorLists, param_update: str, scalars: Tensor, hp: HParams, generator: Optional[torch.Generator] = None
-) -> None:
-    """One fused compact-state step over tensors of one device and parameter dtype: one
-    launch per state format (a launch per tensor under CUDA-graph capture)."""
+) -> Callable[[], None]:
+    """Check tensors of one device and parameter dtype and put their tables on the device;
+    return their launch: one per state format (a launch per tensor under CUDA-graph
+    capture), which draws the rounding seed."""
     by_format: dict[torch.dtype, list[int]] = {}
     for k, m in enumerate(lists.exp_avgs):
         by_format.setdefault(m.dtype, []).append(k)
     if len(by_format) > 1:  # one launch per state format
-        for idx in by_format.values():
-            keep = set(idx)
-            launch_compact(lists.select([k in keep for k in range(len(lists.params))]), param_update, scalars, hp, generator)
-        return
+        launches = [
+            prepare_compact(lists.select([k in set(idx) for k in range(len(lists.params))]), param_update, scalars, hp, generator)
+            for idx in by_format.values()
+        ]
+
+        def launch_all() -> None:
+            for launch in launches:
+                launch()
+
+        return launch_all
     params = lists.params
     device = params[0].device
     lists = lists._replace(grads=flat_grads(params, lists.grads, params[0].dtype))
@@ -230,7 +237,6 @@ def launch_compact(
         raise ValueError("param_update='stochastic' rounds to bfloat16; float16 parameters take 'kahan'")
     if generator is not None and generator.device != device:
         generator = None
-    seed = torch.randint(0, 2**31 - 1, (1,), dtype=torch.int32, device=device, generator=generator)  # no host sync
     bits = hparam_bits(hp)
     fmt = format_of(lists.exp_avgs[0])
     scales = [lists.state_scales[k] if fmt.scale_keys else (p, p, p) for k, p in enumerate(params)]  # (p: unused)
@@ -239,8 +245,12 @@ def launch_compact(
               *([s[j] for s in scales] for j in range(3)), comps]  # fmt: skip
     consts = dict(
         FMT=int(fmt.code), PU=int(ParamUpdate[param_update.upper()]), LOW_PRECISION=params[0].dtype in (torch.bfloat16, torch.float16),
-        NO_PROX=bool(hp.no_prox), BLOCK=BLOCK,
+        NO_PROX=bool(hp.no_prox), BLOCK=BLOCK, num_warps=_NUM_WARPS,
     )  # fmt: skip
+
+    def draw_seed() -> Tensor:
+        return torch.randint(0, 2**31 - 1, (1,), dtype=torch.int32, device=device, generator=generator)  # no host sync
+
     check = lambda: check_shapes(lists, lists.param_comps)  # noqa: E731
     if not capturing(device):
         def sizes() -> tuple[list[int], list[int]]:
@@ -253,16 +263,27 @@ def launch_compact(
         dtypes = dict(P_DT=_TL_DTYPES[params[0].dtype], S_DT=_TL_DTYPES[lists.exp_avgs[0].dtype],
                       N_DT=_TL_DTYPES[lists.exp_avg_sqs[0].dtype], NEG_DT=_TL_DTYPES[lists.neg_pre_grads[0].dtype],
                       SCALE_DT=tl.float32)  # fmt: skip
-        _adan_compact_table_kernel[(tiles.numel() // 3,)](
-            table, grad_table, tiles, arrivals, scalars, seed, len(params), *bits, **dtypes, **consts, num_warps=_NUM_WARPS
+        return lambda: _adan_compact_table_kernel[(tiles.numel() // 3,)](
+            table, grad_table, tiles, arrivals, scalars, draw_seed(), len(params), *bits, **dtypes, **consts
         )
-        return
     check()  # under capture: a launch per tensor, no table, checked every time
-    arrivals = torch.zeros(len(params), dtype=torch.int32, device=device)  # (zeroed by a captured fill at each replay)
-    for k, p in enumerate(params):
-        rows, cols = block_layout(p.shape)
-        n_blocks = -(-cols // BLOCK) if rows else 0
-        _adan_compact_kernel[(max(1, rows * n_blocks),)](
-            p, grads[k], *(slot[k] for slot in states), lists.state_steps[k], arrivals[k], scalars, seed, cols, n_blocks,
-            *bits, **consts, num_warps=_NUM_WARPS,
-        )  # fmt: skip
+
+    def launch() -> None:
+        seed = draw_seed()
+        arrivals = torch.zeros(len(params), dtype=torch.int32, device=device)  # (zeroed by a captured fill at each replay)
+        for k, p in enumerate(params):
+            rows, cols = block_layout(p.shape)
+            n_blocks = -(-cols // BLOCK) if rows else 0
+            _adan_compact_kernel[(max(1, rows * n_blocks),)](
+                p, grads[k], *(slot[k] for slot in states), lists.state_steps[k], arrivals[k], scalars, seed, cols,
+                n_blocks, *bits, **consts,
+            )  # fmt: skip
+
+    return launch
+
+
+def launch_compact(
+    lists: TensorLists, param_update: str, scalars: Tensor, hp: HParams, generator: Optional[torch.Generator] = None
+) -> None:
+    """:func:`prepare_compact` and its launch at once."""
+    prepare_compact(lists, param_update, scalars, hp, generator)()

@@ -2,16 +2,18 @@
 
 ``adan_cpu.c`` updates full-precision state, ``adan_cpu_compact.c`` compact state and
 rounded low-precision parameters; both include ``adan_math.h``, where the update is
-written. Each launcher takes one bucket (one parameter dtype; one state format for the
-compact kernel), builds a table of data pointers and makes one call: the kernel reads the
-step counts and ``scalars = [lr, grad_multiplier, found_inf]`` itself, increments the
-counts and computes the bias corrections in double.
+written. Each launcher (``prepare_full``, ``prepare_compact``) takes one bucket (one
+parameter dtype; one state format for the compact kernel), checks it, builds a table of
+data pointers and returns the one call, which the optimizer makes after every bucket of the
+step passed: the kernel reads the step counts and ``scalars = [lr, grad_multiplier,
+found_inf]`` itself, increments the counts and computes the bias corrections in double.
 
-The kernels read every tensor as a flat array of its parameter's ``numel``, so memory
-safety rests on two checks here: contiguous parameters and gradients (gradients are made
-so), and state buffers of their parameter's shape. That is checked, and the tables of
-pointers built, once per memory layout (see :class:`adan._checks.LayoutCache`): each step
-reads every pointer and the parameters' shapes, and only an unchanged layout skips both.
+The kernels read every tensor as a flat array of its parameter's ``numel``, in the dtype of
+its list's first tensor, so memory safety rests on the checks here: contiguous parameters
+and gradients (gradients are made so), and state buffers of their parameter's shape, on its
+device, of one dtype per list. That is checked, and the tables of pointers built, once per
+memory layout (see :class:`adan._checks.LayoutCache`): each step reads every pointer and the
+parameters' shapes, and only an unchanged layout skips both.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from array import array
 from itertools import chain
 from operator import attrgetter
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 from torch import Tensor
@@ -34,7 +36,7 @@ from adan._lists import TensorLists
 from adan._maths import HParams
 from adan._native import BuildError, load_library
 
-__all__ = ["available", "unavailable_reason", "launch_full", "launch_compact"]
+__all__ = ["available", "unavailable_reason", "prepare_full", "prepare_compact", "launch_full", "launch_compact"]
 
 _KERNEL_SOURCE = Path(__file__).parent / "adan_cpu.c"
 _COMPACT_SOURCE = Path(__file__).parent / "adan_cpu_compact.c"
@@ -110,8 +112,9 @@ def _addresses(table: array, n_slots: int) -> list[int]:
     return [base + i * stride for i in range(n_slots)]
 
 
-def launch_full(lists: TensorLists, scalars: Tensor, hp: HParams) -> None:
-    """One kernel call for a bucket of CPU tensors of one parameter dtype, full-precision state."""
+def prepare_full(lists: TensorLists, scalars: Tensor, hp: HParams) -> Callable[[], None]:
+    """Check a bucket of CPU tensors of one parameter dtype, full-precision state, and build
+    its tables; return the kernel call, which writes nothing before it runs."""
     lib = _library()
     params = lists.params
     dtype = params[0].dtype
@@ -142,18 +145,24 @@ def launch_full(lists: TensorLists, scalars: Tensor, hp: HParams) -> None:
     p_, m_, v_, n_, neg_, steps_ = _addresses(table, len(slots))
     grads = array("q", map(_data_ptr, lists.grads))
     scalars = scalars.contiguous()
-    rc = lib.adan_fused_step(
-        len(params), dtype_code(dtype), sizes.buffer_info()[0], p_, grads.buffer_info()[0], m_, v_, n_, neg_, steps_,
-        scalars.data_ptr(), *_hparams(hp),
-    )  # fmt: skip
-    if rc != 0:
-        raise RuntimeError(f"fused Adan CPU kernel failed with code {rc}")
+
+    def launch() -> None:
+        _alive = (table, lists)  # (the closure keeps the memory the raw pointers name until the call)
+        rc = lib.adan_fused_step(
+            len(params), dtype_code(dtype), sizes.buffer_info()[0], p_, grads.buffer_info()[0], m_, v_, n_, neg_,
+            steps_, scalars.data_ptr(), *_hparams(hp),
+        )  # fmt: skip
+        if rc != 0:
+            raise RuntimeError(f"fused Adan CPU kernel failed with code {rc}")
+
+    return launch
 
 
-def launch_compact(
+def prepare_compact(
     lists: TensorLists, param_update: str, scalars: Tensor, hp: HParams, generator: Optional[torch.Generator] = None
-) -> None:
-    """One compact-kernel call for CPU tensors of one parameter dtype and one state format."""
+) -> Callable[[], None]:
+    """Check CPU tensors of one parameter dtype and one state format and build their tables;
+    return the compact-kernel call (which draws the rounding seed), writing nothing before."""
     lib = _library()
     params = lists.params
     dtype = params[0].dtype
@@ -188,12 +197,29 @@ def launch_compact(
     grads = array("q", map(_data_ptr, lists.grads))
     if generator is not None and generator.device.type != "cpu":
         generator = None
-    seed = torch.randint(-(2**63), 2**63 - 1, (1,), dtype=torch.int64, generator=generator)
     scalars = scalars.contiguous()
-    rc = lib.compact(
-        len(params), dtype_code(dtype), fmt.code, ParamUpdate[param_update.upper()], rows.buffer_info()[0],
-        cols.buffer_info()[0], p_, grads.buffer_info()[0], m_, v_, n_, neg_, *scales, comps_, steps_,
-        scalars.data_ptr(), seed.data_ptr(), *_hparams(hp),
-    )  # fmt: skip
-    if rc != 0:
-        raise RuntimeError(f"fused Adan CPU compact kernel failed with code {rc}")
+
+    def launch() -> None:
+        _alive = (table, lists)  # (the closure keeps the memory the raw pointers name until the call)
+        seed = torch.randint(-(2**63), 2**63 - 1, (1,), dtype=torch.int64, generator=generator)
+        rc = lib.compact(
+            len(params), dtype_code(dtype), fmt.code, ParamUpdate[param_update.upper()], rows.buffer_info()[0],
+            cols.buffer_info()[0], p_, grads.buffer_info()[0], m_, v_, n_, neg_, *scales, comps_, steps_,
+            scalars.data_ptr(), seed.data_ptr(), *_hparams(hp),
+        )  # fmt: skip
+        if rc != 0:
+            raise RuntimeError(f"fused Adan CPU compact kernel failed with code {rc}")
+
+    return launch
+
+
+def launch_full(lists: TensorLists, scalars: Tensor, hp: HParams) -> None:
+    """:func:`prepare_full` and its call at once."""
+    prepare_full(lists, scalars, hp)()
+
+
+def launch_compact(
+    lists: TensorLists, param_update: str, scalars: Tensor, hp: HParams, generator: Optional[torch.Generator] = None
+) -> None:
+    """:func:`prepare_compact` and its call at once."""
+    prepare_compact(lists, param_update, scalars, hp, generator)()
