@@ -23,7 +23,8 @@ then times fused Adan (float32, bfloat16 and int8 state) and the foreach path ag
 torch's fused AdamW and a device-to-device copy of Adan's bytes (its memory floor: 44 bytes
 per float32 parameter) on 25.2M parameters in 96 tensors (``step_time.py``'s large case),
 226.5M in 96, and 1000 tensors of 1000 elements, and prints Markdown tables (medians of
-CUDA events), then the traceback of every failed check. Exit code 1 if any failed.
+CUDA-event timings over ``--reps`` rounds, each round timing every contender once, in turn),
+then the traceback of every failed check. Exit code 1 if any failed.
 """
 
 from __future__ import annotations
@@ -222,16 +223,28 @@ def check_compile() -> str:
     return "compiled step == eager"
 
 
+def _elapsed_ms(fn) -> float:
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    fn()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end)
+
+
 def _time(fn, reps: int) -> float:
-    times = []
+    """Median of ``reps`` CUDA-event timings of ``fn()``."""
+    return statistics.median(_elapsed_ms(fn) for _ in range(reps))
+
+
+def _time_interleaved(fns: dict, reps: int) -> dict:
+    """Medians of ``reps`` rounds in which every function runs once, in turn: noise on the
+    host (which bounds the smaller cases) then hits every contender alike."""
+    times: dict = {name: [] for name in fns}
     for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
+        for name, fn in fns.items():
+            times[name].append(_elapsed_ms(fn))
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def timings(reps: int) -> list[tuple]:
@@ -265,11 +278,10 @@ def timings(reps: int) -> list[tuple]:
             dst.copy_(src)
             for opt in others.values():
                 opt.step()
-        t_adan, t_adamw, t_copy = _time(adan_opt.step, reps), _time(adamw_opt.step, reps), _time(lambda: dst.copy_(src), reps)
-        gbs = 2 * src.numel() * 4 / (t_copy / 1e3) / 1e9
-        rows.append((case, "fused, float32 state", t_adan, t_adamw, t_copy, gbs))
-        for name, opt in others.items():
-            rows.append((case, name, _time(opt.step, reps), t_adamw, t_copy, gbs))
+        steps = {"fused, float32 state": adan_opt.step, **{name: opt.step for name, opt in others.items()}}
+        t = _time_interleaved({**steps, "adamw": adamw_opt.step, "copy": lambda: dst.copy_(src)}, reps)
+        gbs = 2 * src.numel() * 4 / (t["copy"] / 1e3) / 1e9
+        rows.extend((case, name, t[name], t["adamw"], t["copy"], gbs) for name in steps)
         del others, adan_opt, adamw_opt, src, dst
         torch.cuda.empty_cache()
     return rows
@@ -278,6 +290,7 @@ def timings(reps: int) -> list[tuple]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer timing repetitions")
+    parser.add_argument("--reps", type=int, default=20, help="timing rounds (each times every contender once)")
     args = parser.parse_args()
     print(f"torch {torch.__version__}")
     if not torch.cuda.is_available():
@@ -303,7 +316,7 @@ def main() -> int:
         _check(name, fn, results, tracebacks)
         print(f"{results[-1][1]:6} {name} ({results[-1][3]:.1f} s)", flush=True)
     try:
-        rows = timings(5 if args.quick else 20)
+        rows = timings(5 if args.quick else args.reps)
     except Exception:
         tracebacks.append(("timings", traceback.format_exc()))
         rows = []
