@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterable, Optional, Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["StateShapeError", "check_state_shapes", "check_devices", "check_uniform_dtypes", "named_buffers", "flat_grads", "check_foreign_options", "check_no_duplicates", "LayoutCache"]
+__all__ = ["StateShapeError", "check_state_shapes", "check_bucket", "check_devices", "check_uniform_dtypes", "named_buffers", "flat_grads", "check_foreign_options", "check_no_duplicates", "LayoutCache"]
 
 # Options of other optimizers (or of Adan variants) that change the update. A group that
 # sets one of them to a true value was made for something else: loading it as plain Adan
@@ -102,6 +102,20 @@ def check_uniform_dtypes(named_lists: Iterable[tuple[str, Optional[Sequence[Opti
         dtypes = {t.dtype for t in tensors or () if t is not None}
         if len(dtypes) > 1:
             raise TypeError(f"fused Adan: the {name!r} buffers of one bucket mix dtypes {sorted(map(str, dtypes))}")
+
+
+def check_bucket(lists: Any, comps: Optional[Sequence[Optional[Tensor]]] = None, scale_shape: Any = None) -> None:
+    """The full check of one kernel bucket (a ``TensorLists``) before its data pointers go
+    into a table: every buffer (and int8 scale triple) shaped like its parameter, on the
+    parameters' device and of one dtype per list, and float32 step counts. Run by the fused
+    launchers, C and Triton, for each new memory layout."""
+    check_state_shapes(lists.params, named_buffers(lists, comps), lists.state_scales, scale_shape)
+    scales = [t for triple in lists.state_scales or () if triple is not None for t in triple]
+    named = (*named_buffers(lists, comps), ("scale", scales), ("step", lists.state_steps))
+    check_devices(lists.params[0].device, named)
+    check_uniform_dtypes(named)
+    if lists.state_steps[0].dtype != torch.float32:
+        raise TypeError(f"fused Adan: state 'step' must be float32 tensors, not {lists.state_steps[0].dtype}")
 
 
 def flat_grads(params: list[Tensor], grads: list[Tensor], dtype: torch.dtype) -> list[Tensor]:

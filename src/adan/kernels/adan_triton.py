@@ -23,7 +23,7 @@ from adan._checks import flat_grads
 from adan._lists import TensorLists
 from adan._maths import HParams
 from adan.kernels.triton_common import (
-    adan_update, bucket_tables, capturing, check_shapes, count_step, hparam_bits, step_scalars, table_pointer,
+    adan_update, bucket_tables, capturing, check_layout, count_step, hparam_bits, step_scalars, table_pointer,
 )  # fmt: skip
 
 __all__ = ["prepare_full", "launch_full"]
@@ -124,13 +124,13 @@ def prepare_full(lists: TensorLists, scalars: Tensor, hp: HParams) -> Callable[[
             return [-(-n // _BLOCK) for n in numels], numels
 
         table, grad_table, tiles, arrivals = bucket_tables(
-            [params, *states, lists.state_steps], lists.grads, sizes, _BLOCK, device, lambda: check_shapes(lists)
+            [params, *states, lists.state_steps], lists.grads, sizes, _BLOCK, device, lambda: check_layout(lists)
         )
         dtypes = dict(P_DT=_TL_DTYPES[params[0].dtype], S_DT=_TL_DTYPES[lists.exp_avgs[0].dtype])
         return lambda: _adan_table_kernel[(tiles.numel() // 3,)](
             table, grad_table, tiles, arrivals, scalars, len(params), *bits, **dtypes, **consts
         )
-    check_shapes(lists)  # under capture: a launch per tensor, no table, checked every time
+    check_layout(lists)  # under capture: a launch per tensor, no table, checked every time
 
     def launch() -> None:
         arrivals = torch.zeros(len(params), dtype=torch.int32, device=device)  # (zeroed by a captured fill at each replay)

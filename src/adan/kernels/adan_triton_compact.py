@@ -29,7 +29,7 @@ from adan._checks import flat_grads
 from adan._lists import TensorLists
 from adan._maths import HParams
 from adan.kernels.triton_common import (
-    adan_update, bucket_tables, capturing, check_shapes, count_step, hparam_bits, step_scalars, table_pointer,
+    adan_update, bucket_tables, capturing, check_layout, count_step, hparam_bits, step_scalars, table_pointer,
     to_bf16_sr,
 )  # fmt: skip
 
@@ -251,7 +251,7 @@ def prepare_compact(
     def draw_seed() -> Tensor:
         return torch.randint(0, 2**31 - 1, (1,), dtype=torch.int32, device=device, generator=generator)  # no host sync
 
-    check = lambda: check_shapes(lists, lists.param_comps)  # noqa: E731
+    check = lambda: check_layout(lists, lists.param_comps)  # noqa: E731
     if not capturing(device):
         def sizes() -> tuple[list[int], list[int]]:
             # A tensor's tiles are its blocks, rows x n_blocks; the table's sizes part carries cols and n_blocks.

@@ -28,7 +28,7 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
-from adan._checks import LayoutCache, check_devices, check_state_shapes, check_uniform_dtypes, flat_grads, named_buffers
+from adan._checks import LayoutCache, check_bucket, flat_grads
 from adan._codes import ParamUpdate, dtype_code
 from adan._compact import block_layout, full_dtype, scale_shape
 from adan._formats import format_of
@@ -135,10 +135,7 @@ def prepare_full(lists: TensorLists, scalars: Tensor, hp: HParams) -> Callable[[
     pointers, shapes = _pointers(slots), list(map(_shape, params))
 
     def build() -> tuple[array, array]:
-        check_state_shapes(params, named_buffers(lists))
-        named = (*named_buffers(lists), ("step", lists.state_steps))
-        check_devices(params[0].device, named)
-        check_uniform_dtypes(named)
+        check_bucket(lists)
         return array("q", pointers), array("q", map(_numel, params))
 
     table, sizes = _FULL_TABLES.get(pointers, shapes, build)
@@ -180,11 +177,7 @@ def prepare_compact(
     pointers, shapes = _pointers(slots), list(map(_shape, params))
 
     def build() -> tuple[array, array, array]:
-        check_state_shapes(params, named_buffers(lists, comps), lists.state_scales, scale_shape)
-        scales = [t for triple in lists.state_scales or () if triple is not None for t in triple]
-        named = (*named_buffers(lists, comps), ("scale", scales), ("step", lists.state_steps))
-        check_devices(params[0].device, named)
-        check_uniform_dtypes(named)
+        check_bucket(lists, comps, scale_shape)
         layouts = [block_layout(p.shape) for p in params]
         return array("q", pointers), array("q", [r for r, _ in layouts]), array("q", [c for _, c in layouts])
 

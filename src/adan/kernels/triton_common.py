@@ -23,13 +23,13 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from adan._checks import LayoutCache, check_devices, check_state_shapes, check_uniform_dtypes, named_buffers
+from adan._checks import LayoutCache, check_bucket
 from adan._compact import scale_shape
 from adan._lists import TensorLists
 from adan._maths import HParams
 
 __all__ = [
-    "hparam_bits", "check_shapes", "capturing", "bucket_tables", "table_pointer", "step_scalars", "count_step",
+    "hparam_bits", "check_layout", "capturing", "bucket_tables", "table_pointer", "step_scalars", "count_step",
     "adan_update", "to_bf16_sr",
 ]  # fmt: skip
 
@@ -44,17 +44,10 @@ def hparam_bits(hp: HParams) -> list[int]:
     return [_bits(hp.beta1), _bits(hp.beta2), _bits(hp.beta3), _bits(hp.eps), _bits(hp.weight_decay)]
 
 
-def check_shapes(lists: TensorLists, comps: Optional[list] = None) -> None:
-    """Every buffer (and int8 scale) shaped like its parameter and on its device, and float32
-    step counts there too (the kernels read and write them): the full check, run by
-    :func:`bucket_tables` for each new memory layout."""
-    check_state_shapes(lists.params, named_buffers(lists, comps), lists.state_scales, scale_shape)
-    scales = [t for triple in lists.state_scales or () if triple is not None for t in triple]
-    named = (*named_buffers(lists, comps), ("scale", scales), ("step", lists.state_steps))
-    check_devices(lists.params[0].device, named)
-    check_uniform_dtypes(named)
-    if any(s.dtype != torch.float32 or s.numel() != 1 for s in lists.state_steps):
-        raise TypeError("fused Adan: state 'step' must be one-element float32 tensors on the parameters' device")
+def check_layout(lists: TensorLists, comps: Optional[list] = None) -> None:
+    """:func:`adan._checks.check_bucket` (shapes, devices, dtypes), run by :func:`bucket_tables`
+    for each new memory layout and on every call under CUDA-graph capture."""
+    check_bucket(lists, comps, scale_shape)
 
 
 def capturing(device: torch.device) -> bool:
