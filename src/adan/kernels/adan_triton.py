@@ -1,6 +1,6 @@
 """Fused Adan step for CUDA in Triton, full-precision state: the contract of ``adan_cpu.c``.
 
-:func:`launch_full` takes one bucket (one device, one parameter dtype) and needs no host
+:func:`prepare_full` takes one bucket (one device, one parameter dtype) and needs no host
 sync, so it is safe under CUDA-graph capture (``capturable=True``): the step counts live
 on the device, the kernel advances them itself (not when ``found_inf`` is set) and
 computes the bias corrections from them in float64, and it reads ``scalars = [lr,
