@@ -88,7 +88,7 @@ def bucket_tables(
     """
     params = slots[0]
     pointers = [t.data_ptr() for slot in slots for t in slot]
-    shapes = [device, *(p.shape for p in params)]
+    shapes = [device, tile, *(p.shape for p in params)]  # (the tile size too: gpu_tune.py changes it between steps)
 
     def build() -> tuple[Tensor, Tensor, Tensor]:
         check()
