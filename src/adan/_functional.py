@@ -17,11 +17,11 @@ same update (code convention, see :mod:`adan.reference` for the paper's)::
     p     = p / (1 + lr wd)               (no_prox=True: p (1 - lr wd) before the update)
     g'    = g                             stored as ``neg_pre_grad = -g``
 
-:func:`prepare_update` checks an update and returns it as a launch that writes when called;
-:meth:`Adan.step` prepares every group's before it runs any, so bad input raises with every
-tensor unchanged. No path reads a tensor back to the host: the step count ``t`` lives in a tensor, the
-bias corrections are computed from it in float64 (tensor arithmetic, or inside the
-kernel), and the global clipping factor stays a tensor. bfloat16/float16 parameters
+:func:`prepare_update` checks an update and returns it as a launch that writes when
+called; :meth:`Adan.step` prepares every group's before it runs any, so bad input raises
+with every tensor unchanged. No path reads a tensor back to the host: the step count ``t``
+lives in a tensor, the bias corrections are computed from it in float64 (tensor
+arithmetic, or inside the kernel), and the global clipping factor stays a tensor. bfloat16/float16 parameters
 keep float32 moments and are updated with float32 maths on every path.
 """
 
@@ -362,7 +362,7 @@ def _fused_adan(lists: TensorLists, hp: HParams, opts: _Options) -> _fused.Launc
             launches.append(lambda: _single_tensor_adan(compact, hp, folded))
     if rest.params:
         launches.append(_fused.fused_full(rest, scalars, hp))
-    return _fused._sequence(launches)
+    return _fused.sequence(launches)
 
 
 _PLAIN = (Tensor, torch.nn.Parameter)

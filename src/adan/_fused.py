@@ -3,11 +3,12 @@
 The entry points: :func:`fused_full` (full-precision state) and :func:`fused_compact`
 (compact state, where :func:`compact_kernels_run`); the dispatch between them lives in
 :mod:`adan._functional`, the kernels behind :mod:`adan._backends` (C/OpenMP on the CPU,
-Triton on CUDA). Both check every bucket and return its launch: nothing is written until
-the caller runs the launches, after every bucket of every group passed. In eager mode the kernels are called directly (a ctypes call on the
-CPU); under ``torch.compile`` they go through the custom ops ``adan::fused_adan_``
-(full-precision state) and ``adan::fused_adan_compact_`` (compact state), so that the
-compiler sees one opaque op per bucket that mutates the parameters and the state in place.
+Triton on CUDA). Both check every bucket and return its launch (a :data:`Launch`): nothing
+is written until the caller runs the launches, after every bucket of every group passed.
+In eager mode the kernels are called directly (a ctypes call on the CPU); under
+``torch.compile`` they go through the custom ops ``adan::fused_adan_`` (full-precision
+state) and ``adan::fused_adan_compact_`` (compact state), so that the compiler sees one
+opaque op per bucket that mutates the parameters and the state in place.
 
 Scalars that may be tensors (lr, the clip factor, GradScaler's scale and found_inf) are
 folded into one small float64 tensor ``scalars = [lr, grad_multiplier, found_inf]`` on
@@ -105,7 +106,9 @@ def grad_multiplier(
 _is_cpu, _is_cuda = attrgetter("is_cpu"), attrgetter("is_cuda")
 
 
-def _sequence(launches: list[Launch]) -> Launch:
+def sequence(launches: list[Launch]) -> Launch:
+    """One launch that runs ``launches`` in order."""
+
     def launch_all() -> None:
         for launch in launches:
             launch()
@@ -130,7 +133,7 @@ def _prepare_full(lists: TensorLists, scalars: Tensor, hp: HParams) -> Launch:
         if backend is None:
             raise RuntimeError(f"fused=True: {unavailable_reason(device)}")
         launches.append(backend.prepare_full(bucket, scalars.to(device), hp))
-    return _sequence(launches)
+    return sequence(launches)
 
 
 @torch.library.custom_op(
@@ -244,4 +247,4 @@ def fused_compact(
             launches.append(lambda args=args: torch.ops.adan.fused_adan_compact_(*args))
         else:
             launches.append(_backends.get(device).prepare_compact(part, param_update, scalars.to(device), hp, generator=generator))
-    return _sequence(launches)
+    return sequence(launches)
