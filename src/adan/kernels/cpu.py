@@ -121,21 +121,18 @@ def prepare_full(lists: TensorLists, scalars: Tensor, hp: HParams) -> Callable[[
     if dtype not in _DTYPES:
         raise TypeError(f"fused Adan supports float32, float64, bfloat16 and float16 parameters, not {dtype}")
     sdtype = full_dtype(dtype)
-    lists = lists._replace(grads=flat_grads(params, lists.grads, dtype))
-    # The state needs no per-step check of its dtype: Adan creates it (and load_state_dict
-    # casts it) in full_dtype(dtype), with float32 step counters on the CPU. Check the
-    # first of each slot as a safeguard.
-    firsts = (lists.exp_avgs[0], lists.exp_avg_diffs[0], lists.exp_avg_sqs[0], lists.neg_pre_grads[0])
-    if any(t.dtype != sdtype for t in firsts):
-        raise TypeError(f"fused Adan: the state of {dtype} parameters must be {sdtype}")
-    if lists.state_steps[0].dtype != torch.float32 or not lists.state_steps[0].is_cpu:
-        raise TypeError("fused Adan: state 'step' must be float32 tensors on the CPU")
-
+    # (int8 scales of a parameter that left its compact bucket are not this kernel's to read)
+    lists = lists._replace(grads=flat_grads(params, lists.grads, dtype), state_scales=None)
     slots = [params, lists.exp_avgs, lists.exp_avg_diffs, lists.exp_avg_sqs, lists.neg_pre_grads, lists.state_steps]
     pointers, shapes = _pointers(slots), list(map(_shape, params))
 
     def build() -> tuple[array, array]:
+        # check_bucket: shapes, the CPU, one dtype per list, float32 steps; and that dtype is
+        # the one this kernel reads (Adan makes, and load_state_dict casts, state in it).
         check_bucket(lists)
+        firsts = (lists.exp_avgs[0], lists.exp_avg_diffs[0], lists.exp_avg_sqs[0], lists.neg_pre_grads[0])
+        if any(t.dtype != sdtype for t in firsts):
+            raise TypeError(f"fused Adan: the state of {dtype} parameters must be {sdtype}")
         return array("q", pointers), array("q", map(_numel, params))
 
     table, sizes = _FULL_TABLES.get(pointers, shapes, build)
