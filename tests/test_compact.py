@@ -591,3 +591,28 @@ def test_int8_state_decaying_to_subnormal_stays_finite(path):
         ref.grad = torch.full_like(ref, 1e-40 * (step + 1))
         ref_opt.step()
     torch.testing.assert_close(p, ref, atol=1e-6, rtol=0)
+
+
+def test_the_torch_paths_update_large_tensors_slice_by_slice_on_the_cpu_only():
+    """Slices keep the dozens of passes of the torch-ops update in the CPU's L2 cache; on a
+    GPU (CUDA without Triton takes these paths) every slice would cost a kernel launch per
+    op. The meta device stands in for the GPU: it has no generator, so the compact path's
+    slicing is checked on its helper."""
+    from unittest import mock
+
+    from adan import _functional
+
+    sizes = {}
+    for device in ("cpu", "meta"):
+        p = torch.nn.Parameter(torch.zeros(512, 1024, device=device))
+        p.grad = torch.zeros_like(p)
+        opt = Adan([p], foreach=False, fused=False)
+        calls = []
+        real = _functional._adan_lists
+        with mock.patch.object(_functional, "_adan_lists", side_effect=lambda *a, **k: (calls.append(a[0][0].numel()), real(*a, **k))):
+            opt.step()
+        sizes[device] = calls
+        slices = list(_functional._row_chunks(p.detach()))
+        assert (slices == [None]) == (device == "meta"), (device, len(slices))
+    assert sizes["cpu"] == [_functional._CHUNK] * (512 * 1024 // _functional._CHUNK)
+    assert sizes["meta"] == [512 * 1024]
