@@ -334,12 +334,15 @@ def test_per_group_state_dtype():
     assert opt.state[model[2].weight]["exp_avg"].dtype == torch.float32
 
 
+@pytest.mark.parametrize("path", ["default", "single"])
 @pytest.mark.parametrize("fmt", ["bfloat16", "int8"])
-def test_compact_step_compiles_as_one_graph(fmt):
-    """No host sync in the compact update: torch.compile(fullgraph=True) takes the step whole."""
+def test_compact_step_compiles_as_one_graph(fmt, path):
+    """No host sync in the compact update: torch.compile(fullgraph=True) takes the step whole,
+    the torch-ops update (fused=False) included."""
     torch._dynamo.reset()
     model = _model()
-    opt = Adan(model.parameters(), lr=3e-3, weight_decay=0.02, max_grad_norm=1.0, state_dtype=fmt, param_update="stochastic")
+    kw = PATHS["single"] if path == "single" else {}
+    opt = Adan(model.parameters(), lr=3e-3, weight_decay=0.02, max_grad_norm=1.0, state_dtype=fmt, param_update="stochastic", **kw)
     _train(opt, model, 1)  # state creation, eagerly
     step = torch.compile(opt.step, fullgraph=True)
     x, y = _data()

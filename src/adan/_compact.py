@@ -132,15 +132,33 @@ def quantize_signed(x: Tensor) -> tuple[Tensor, Tensor]:
     return _unblock(codes, x.shape), scale
 
 
+_CODE_VALUES: dict[torch.device, tuple[Tensor, Tensor]] = {}
+
+
+def _code_values(device: torch.device) -> tuple[Tensor, Tensor]:
+    """Every 8-bit code's value before its block's scale, indexed by the code's bits read as
+    uint8: ``q |q|`` for signed codes (NaN for the mark), ``(q^2)^2`` for unsigned ones, as
+    float32 computes them. Decoding by table lookup takes three passes where the formulas
+    took up to eight (the tables are bit-identical to them)."""
+    tables = _CODE_VALUES.get(device)
+    if tables is None:
+        q = torch.arange(256, dtype=torch.float32)
+        signed = torch.where(q < 128, q, q - 256)
+        signed = torch.where(signed == NONFINITE_CODE, float("nan"), signed * signed.abs())
+        q2 = q * q
+        tables = _CODE_VALUES[device] = (signed.to(device), (q2 * q2).to(device))
+    return tables
+
+
+def _lookup(table: Tensor, codes: Tensor) -> Tensor:
+    index = codes.reshape(-1).view(torch.uint8).to(torch.int32)
+    return torch.index_select(table, 0, index).view(codes.shape)
+
+
 def dequantize_signed(codes: Tensor, scale: Tensor) -> Tensor:
     """float32 values of signed codes: ``scale * sign(q) * (q / 127)^2`` (NaN for -128)."""
-    q = _blocks(codes.float())
-    values = q * q.abs() * (scale / 16129.0).unsqueeze(-1)
-    # NaN at the mark without a boolean mask (a comparison and a select cost as much as four
-    # float passes on the CPU): 1 / (q - mark) is inf there and positive elsewhere, so
-    # subtracting 0 times it gives NaN there and leaves every other value, -0 included, as is.
-    values -= (q - NONFINITE_CODE).reciprocal_().mul_(0.0)
-    return _unblock(values, codes.shape)
+    values = _blocks(_lookup(_code_values(codes.device)[0], codes))
+    return _unblock(values.mul_((scale / 16129.0).unsqueeze(-1)), codes.shape)
 
 
 def quantize_unsigned(x: Tensor) -> tuple[Tensor, Tensor]:
@@ -157,9 +175,8 @@ def quantize_unsigned(x: Tensor) -> tuple[Tensor, Tensor]:
 
 def dequantize_unsigned(codes: Tensor, scale: Tensor) -> Tensor:
     """float32 values of unsigned codes: ``scale * (q / 255)^4``."""
-    q = _blocks(codes.float())
-    q2 = q * q
-    return _unblock(q2 * q2 * (scale / 4228250625.0).unsqueeze(-1), codes.shape)
+    values = _blocks(_lookup(_code_values(codes.device)[1], codes))
+    return _unblock(values.mul_((scale / 4228250625.0).unsqueeze(-1)), codes.shape)
 
 
 # ------------------------------------------------------------------ rounding
@@ -176,11 +193,15 @@ def random_bits(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device
     Drawn as 64-bit words over int64's full range, which torch's generators fill with one
     64-bit draw per word; an int32 draw over its full range costs a 64-bit draw per element
     (2.4x the time on the CPU), and ``random_()`` leaves the sign bit 0."""
+    generator = _usable(generator, device)
+    if torch.compiler.is_compiling():  # dynamo traces randint, not random_
+        half = 2 ** (torch.iinfo(dtype).bits - 1)
+        return torch.randint(-half, half, shape, dtype=dtype, device=device, generator=generator)
     numel = 1
     for s in shape:
         numel *= s
     words = -(-numel * torch.empty((), dtype=dtype).element_size() // 8)
-    bits = torch.empty(words, dtype=torch.int64, device=device).random_(-(2**63), None, generator=_usable(generator, device))
+    bits = torch.empty(words, dtype=torch.int64, device=device).random_(-(2**63), None, generator=generator)
     return bits.view(dtype)[:numel].view(shape)
 
 
