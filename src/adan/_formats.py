@@ -34,12 +34,13 @@ def _zeros_like(p: Tensor, dtype: torch.dtype) -> Tensor:
 
 
 class Decoded(NamedTuple):
-    """One parameter's (or slice's) state decoded for an update: ``values`` = m, v, n and the
-    previous-gradient buffer in full precision, which the update overwrites in place (they
-    are the state itself where it is stored in full precision); ``scratch``: the one buffer
-    they are views of, where the format decodes into one."""
+    """A batch of states (whole parameters' or slices of them) decoded for one torch-ops
+    update: ``values`` = the lists of m, v, n and previous-gradient buffers in full
+    precision, which the update overwrites in place (they are the state itself where it is
+    stored in full precision); ``scratch``: the one buffer they are views of, where the
+    format decodes into one."""
 
-    values: tuple[Tensor, Tensor, Tensor, Tensor]
+    values: tuple[list[Tensor], list[Tensor], list[Tensor], list[Tensor]]
     scratch: Optional[Tensor] = None
 
 
@@ -99,17 +100,20 @@ class StateFormat:
         """Write ``value`` into the previous-gradient buffer (stochastically rounded if bfloat16)."""
         neg.copy_(_compact.round_to_bf16(value, True, generator, noise) if neg.dtype == torch.bfloat16 else value)
 
-    def decode_all(self, state: dict, neg: Tensor) -> Decoded:
-        """m, v, n (of ``state``) and the previous gradient ``neg`` for the torch-ops update."""
-        return Decoded((*(self.decode(state, k) for k in MOMENTS), self.decode_neg(neg)))
+    def decode_all(self, states: list[dict], negs: list[Tensor]) -> Decoded:
+        """m, v, n (of each of ``states``) and the previous gradients ``negs``, for one
+        torch-ops update of the batch; a state at a time, unless the format does better."""
+        values = [[self.decode(state, k) for state in states] for k in MOMENTS]
+        return Decoded((*values, [self.decode_neg(neg) for neg in negs]))
 
-    def encode_all(self, state: dict, neg: Tensor, work: Decoded, generator: Optional[torch.Generator] = None) -> None:
-        """Write the updated ``work`` (from :meth:`decode_all`) back into ``state`` and ``neg``."""
-        m, v, n, g_neg = work.values
-        m = self.mark_nonfinite(m, n)
-        for key, value in zip(MOMENTS, (m, v, n)):
-            self.encode(state, key, value, generator=generator)
-        self.encode_neg(neg, g_neg, generator)
+    def encode_all(self, states: list[dict], negs: list[Tensor], work: Decoded, generator: Optional[torch.Generator] = None) -> None:
+        """Write the updated ``work`` (from :meth:`decode_all`) back into ``states`` and ``negs``."""
+        for i, (state, neg) in enumerate(zip(states, negs)):
+            m, v, n, g_neg = (values[i] for values in work.values)
+            m = self.mark_nonfinite(m, n)
+            for key, value in zip(MOMENTS, (m, v, n)):
+                self.encode(state, key, value, generator=generator)
+            self.encode_neg(neg, g_neg, generator)
 
     def scales(self, state: dict) -> Optional[tuple[Tensor, Tensor, Tensor]]:
         """The scale buffers of m, v and n, for the kernels (``None`` if the format has none)."""
@@ -158,23 +162,28 @@ class BFloat16(StateFormat):
     def encode(self, state, key, value, stochastic=True, generator=None, noise=None) -> None:
         state[key].copy_(_compact.round_to_bf16(value, stochastic, generator, noise))
 
-    # The torch-ops update decodes the four buffers into one float32 scratch laid out
-    # [[m, n], [v, g']] and rounds it with one set of in-place ops: the low halves of one
-    # 32-bit draw per element round m and n, the high halves v and g'.
-    def decode_all(self, state: dict, neg: Tensor) -> Decoded:
-        m = state["exp_avg"]
-        scratch = torch.empty((2, 2, *m.shape), dtype=torch.float32, device=m.device)
-        m32, n32, v32, neg32 = scratch[0, 0], scratch[0, 1], scratch[1, 0], scratch[1, 1]
-        for dst, src in zip((m32, v32, n32, neg32), (m, state["exp_avg_diff"], state["exp_avg_sq"], neg)):
-            dst.copy_(src)
+    # The torch-ops update decodes a batch's four buffers into one float32 scratch laid out
+    # [[m, n], [v, g']] (each row the batch's buffers end to end) and rounds it with one set
+    # of in-place ops: the low halves of one 32-bit draw per element round m and n, the high
+    # halves v and g'. Copies in and out are one foreach op per buffer.
+    def decode_all(self, states: list[dict], negs: list[Tensor]) -> Decoded:
+        sizes = [neg.numel() for neg in negs]
+        scratch = torch.empty((2, 2, sum(sizes)), dtype=torch.float32, device=negs[0].device)
+        views = [[part.view(neg.shape) for part, neg in zip(row.split(sizes), negs)] for row in scratch.view(4, -1)]
+        m32, n32, v32, neg32 = views
+        for dst, src in zip((m32, v32, n32), MOMENTS):
+            torch._foreach_copy_(dst, [state[src] for state in states])
+        torch._foreach_copy_(neg32, negs)
         return Decoded((m32, v32, n32, neg32), scratch)
 
-    def encode_all(self, state: dict, neg: Tensor, work: Decoded, generator: Optional[torch.Generator] = None) -> None:
+    def encode_all(self, states: list[dict], negs: list[Tensor], work: Decoded, generator: Optional[torch.Generator] = None) -> None:
         scratch = work.scratch
         noise = _compact.rounding_bits(scratch.shape[2:], scratch.device, generator)
         _compact.round_to_bf16_(scratch, noise.unsqueeze(1))
-        for dst, src in zip((state["exp_avg"], state["exp_avg_diff"], state["exp_avg_sq"], neg), work.values):
-            dst.copy_(src)
+        m32, v32, n32, neg32 = work.values
+        for src, key in zip((m32, v32, n32), MOMENTS):
+            torch._foreach_copy_([state[key] for state in states], src)
+        torch._foreach_copy_(negs, neg32)
 
 
 class Int8(StateFormat):

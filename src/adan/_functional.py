@@ -225,63 +225,111 @@ def _row_chunks(t: Tensor):
             yield slice(None), slice(c, c + _CHUNK)
 
 
+class _Piece(NamedTuple):
+    """A whole compact tensor, or a slice of one, with its state: one unit of a batch."""
+
+    index: int  # the tensor's position in its lists (coefficients, first step)
+    p: Tensor
+    g: Tensor
+    m: Tensor
+    v: Tensor
+    n: Tensor
+    neg: Tensor
+    comp: Optional[Tensor]
+    scales: Optional[tuple[Tensor, Tensor, Tensor]]
+
+
+def _pieces(lists: TensorLists, i: int):
+    """Tensor ``i`` of ``lists`` as pieces: whole, or slices that never split a block."""
+    p, g, m, v, n, neg = (lst[i] for lst in lists.dense[:6])
+    scales = lists.state_scales[i] if lists.state_scales is not None else None
+    comp = lists.param_comps[i] if lists.param_comps is not None else None
+    for chunk in _row_chunks(p):
+        if chunk is None:
+            yield _Piece(i, p, g, m, v, n, neg, comp, scales)
+            continue
+        rows, cols = _compact.block_layout(p.shape)
+        r, c = chunk
+        # the state is laid out like p (contiguous here); a gradient may be strided
+        pv, mv, vv, nv, negv, compv = (None if t is None else t.view(rows, cols)[r, c] for t in (p, m, v, n, neg, comp))
+        bc = c if c == slice(None) else slice(c.start // _compact.BLOCK, -(-c.stop // _compact.BLOCK))
+        scale_views = None if scales is None else tuple(s[r, bc] for s in scales)
+        yield _Piece(i, pv, g.reshape(rows, cols)[r, c], mv, vv, nv, negv, compv, scale_views)
+
+
+# Elements per batch of the compact torch-ops update: on the CPU a slice's worth (the L2
+# cache), elsewhere as many as keep the float32 scratch (16 bytes an element) at 256 MiB.
+_DEVICE_BATCH = 1 << 24
+
+
 def _per_tensor_compact(
     lists: TensorLists, param_update: str, generator, coefs: tuple[Tensor, ...], fresh: Optional[list[bool]], kwargs
 ) -> None:
-    """The update for compact state or rounded parameters, tensor by tensor.
+    """The update for compact state or rounded parameters, in batches.
 
-    Each slice is decoded to float32, updated by ``_adan_lists`` (the one place the maths
-    lives) and encoded back; at a parameter's first step its previous gradient is the
-    current one, exactly (the stored one may have been rounded). ``fresh``: which tensors
-    are at their first step, when known on the host (else a tensor comparison decides).
+    Tensors (large CPU ones in slices) are gathered into batches of one state format and
+    about :data:`_CHUNK` elements on the CPU (:data:`_DEVICE_BATCH` elsewhere); each batch is
+    decoded to float32, updated by ``_adan_lists`` (the one place the maths lives) and
+    encoded back, so a thousand small tensors cost a few dozen ops, not a few dozen each.
+    At a parameter's first step its previous gradient is the current one, exactly (the
+    stored one may have been rounded). ``fresh``: which tensors are at their first step,
+    when known on the host (else a tensor comparison decides).
     """
     kwargs = dict(kwargs)
     scale = kwargs.pop("scale")
+    cpu = lists.params[0].device.type == "cpu" and not torch.compiler.is_compiling()
+    limit = _CHUNK if cpu else _DEVICE_BATCH
+    open_batches: dict[_formats.StateFormat, tuple[list[_Piece], list[int]]] = {}
     for i in range(len(lists.params)):
-        p, g, m, v, n, neg = (lst[i] for lst in lists.dense[:6])
-        scales = lists.state_scales[i] if lists.state_scales is not None else None
-        comp = lists.param_comps[i] if lists.param_comps is not None else None
-        first = fresh[i] if fresh is not None else lists.state_steps[i].to(p.device) == 1
-        tensor_coefs = tuple(c[i : i + 1] for c in coefs)
-        for chunk in _row_chunks(p):
-            if chunk is None:
-                views = (p, g, m, v, n, neg, comp)
-                scale_views = scales
-            else:
-                rows, cols = _compact.block_layout(p.shape)
-                r, c = chunk
-                # the state is laid out like p (contiguous here); a gradient may be strided
-                views = tuple(None if t is None else t.view(rows, cols)[r, c] for t in (p, m, v, n, neg, comp))
-                views = (views[0], g.reshape(rows, cols)[r, c], *views[1:])
-                bc = c if c == slice(None) else slice(c.start // _compact.BLOCK, -(-c.stop // _compact.BLOCK))
-                scale_views = None if scales is None else tuple(s[r, bc] for s in scales)
-            _compact_slice(*views, scale_views, first, tensor_coefs, scale, param_update, generator, kwargs)
+        fmt = _formats.format_of(lists.exp_avgs[i])
+        for piece in _pieces(lists, i):
+            batch, size = open_batches.setdefault(fmt, ([], [0]))
+            if batch and size[0] + piece.p.numel() > limit:
+                _compact_batch(fmt, batch, lists, coefs, fresh, scale, param_update, generator, kwargs)
+                batch.clear()
+                size[0] = 0
+            batch.append(piece)
+            size[0] += piece.p.numel()
+    for fmt, (batch, _) in open_batches.items():
+        if batch:
+            _compact_batch(fmt, batch, lists, coefs, fresh, scale, param_update, generator, kwargs)
 
 
-def _compact_slice(p, g, m, v, n, neg, comp, scales, first, coefs, scale, param_update, generator, kwargs) -> None:
-    """One slice: decode (to float32 buffers the step may overwrite, or the float32 state
-    itself), update, encode. ``first``: a host bool, or a 0-d bool tensor (traced, device)."""
-    fmt = _formats.format_of(m)
-    state = {"exp_avg": m, "exp_avg_diff": v, "exp_avg_sq": n}
-    if scales is not None:
-        state.update(zip((fmt.scale_keys[k] for k in MOMENTS), scales))
-    g32 = g.float() if g.dtype != torch.float32 else g
+def _compact_batch(fmt, batch: list[_Piece], lists, coefs, fresh, scale, param_update, generator, kwargs) -> None:
+    """One batch of pieces of one format: decode (to float32 buffers the step may overwrite,
+    or the float32 state itself), update, encode."""
+    device = batch[0].p.device
+    states = []
+    for piece in batch:
+        state = {"exp_avg": piece.m, "exp_avg_diff": piece.v, "exp_avg_sq": piece.n}
+        if piece.scales is not None:
+            state.update(zip((fmt.scale_keys[k] for k in MOMENTS), piece.scales))
+        states.append(state)
+    negs = [piece.neg for piece in batch]
+    g32 = [pc.g.float() if pc.g.dtype != torch.float32 else pc.g for pc in batch]
     if scale is not None:
-        g32 = g32 * (scale.to(g32.device) if torch.is_tensor(scale) else scale)
-    work = fmt.decode_all(state, neg)
+        g32 = _scale_grads(g32, scale, device)
+    work = fmt.decode_all(states, negs)
     m32, v32, n32, neg32 = work.values
-    if first is True:
-        neg32.copy_(g32).neg_()
-    elif first is not False:
-        neg32.copy_(torch.where(first, -g32, neg32))
-    if p.dtype in LOW_PRECISION:
-        p32 = p.float() if comp is None else p.float() + comp.float()
-    else:
-        p32 = p  # float32 parameters are updated in place
-    _adan_lists([p32], [g32], [m32], [v32], [n32], [neg32], coefs, fresh=[False], scale=None, **kwargs)  # neg32 is g' already
-    fmt.encode_all(state, neg, work, generator)
-    if p32 is not p:
-        _compact.write_param(p, p32, param_update, comp, generator)
+    for piece, g, neg in zip(batch, g32, neg32):  # g' = g at a tensor's first step
+        first = fresh[piece.index] if fresh is not None else lists.state_steps[piece.index].to(device) == 1
+        if first is True:
+            neg.copy_(g).neg_()
+        elif first is not False:  # a 0-d bool tensor (steps on the device, or traced)
+            neg.copy_(torch.where(first, -g, neg))
+    p32 = []
+    for piece in batch:
+        if piece.p.dtype in LOW_PRECISION:
+            p32.append(piece.p.float() if piece.comp is None else piece.p.float() + piece.comp.float())
+        else:
+            p32.append(piece.p)  # float32 parameters are updated in place
+    index = torch.tensor([piece.index for piece in batch])
+    batch_coefs = tuple(c[index.to(c.device)] for c in coefs)
+    _adan_lists(p32, g32, m32, v32, n32, neg32, batch_coefs, fresh=[False] * len(batch), scale=None, **kwargs)  # g' set above
+    fmt.encode_all(states, negs, work, generator)
+    for piece, value in zip(batch, p32):
+        if value is not piece.p:
+            _compact.write_param(piece.p, value, param_update, piece.comp, generator)
 
 
 class _Options(NamedTuple):
