@@ -59,6 +59,7 @@ __all__ = [
     "dequantize_signed",
     "quantize_unsigned",
     "dequantize_unsigned",
+    "random_bits",
     "round_to_bf16",
     "round_to_bf16_",
     "state_bytes",
