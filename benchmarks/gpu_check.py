@@ -9,7 +9,9 @@ at float32 tolerances:
 
 * the fused Triton kernel and the foreach path in float32, bfloat16 and float16 (with
   clipping and weight decay);
-* compact state (bfloat16, int8) through the Triton compact kernel against the CPU kernel;
+* compact state (bfloat16, int8) through the Triton compact kernel against the CPU kernel,
+  and through the torch-ops path (what CUDA without Triton runs) against the CPU's, with the
+  CUDA kernels one such step launches on 302 tensors (batched: a few per op, not per tensor);
 * one launch per bucket on 302 tiny and odd-sized tensors, and one Adan kernel per step
   (counted by torch's profiler), in each state format;
 * the step counts the kernels keep (the last program of a tensor to arrive stores it) on a
@@ -19,7 +21,8 @@ at float32 tolerances:
 * ``capturable=True`` under CUDA-graph capture, replayed, against eager (last: a failed
   capture breaks CUDA's random generator for what follows);
 
-then times fused Adan (float32, bfloat16 and int8 state) and the foreach path against
+then times fused Adan (float32, bfloat16 and int8 state), the foreach path and the torch-ops
+compact path (bfloat16 and int8 state, ``fused=False``) against
 torch's fused AdamW and a device-to-device copy of Adan's bytes (its memory floor: 44 bytes
 per float32 parameter) on 25.2M parameters in 96 tensors (``step_time.py``'s large case),
 226.5M in 96, and 1000 tensors of 1000 elements, and prints Markdown tables (medians of
@@ -85,6 +88,31 @@ def check_compact(fmt) -> str:
     err = max(((a.cpu() - b).norm() / b.norm()).item() for a, b in zip(cuda, cpu))
     assert err < (2e-3 if fmt == "bfloat16" else 2e-4), err
     return f"{fmt} state: Triton vs CPU kernel, relative error {err:.1e}"
+
+
+def check_torch_ops_compact(fmt) -> str:
+    """The torch-ops compact path on CUDA (``fused=False``: what runs without Triton) against
+    the same path on the CPU, on 300 tiny tensors and two int8-eligible ones; then the CUDA
+    kernels one of its steps launches, which batching keeps to a few per op."""
+    from torch.profiler import ProfilerActivity, profile
+
+    shapes = tuple((k % 37 + 1, k % 5 + 1) if k % 3 else (k * 7 + 1,) for k in range(300)) + ((64, 300), (33, 257))
+    kw = dict(lr=1e-2, weight_decay=0.02, state_dtype=fmt, foreach=True, fused=False)
+    cuda, opt = _run(kw, torch.float32, "cuda", shapes=shapes)
+    cpu, _ = _run(kw, torch.float32, "cpu", shapes=shapes)
+    err = max(((a.cpu() - b).norm() / b.norm()).item() for a, b in zip(cuda, cpu))
+    assert err < (2e-3 if fmt == "bfloat16" else 2e-4), err
+    for p in cuda:
+        p.grad = torch.randn_like(p)
+    opt.step()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        opt.step()
+        torch.cuda.synchronize()
+    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    if fmt == "bfloat16":  # (int8 codes are made per tensor, for its blocks' scales)
+        assert len(kernels) < len(shapes), f"{len(kernels)} kernels for {len(shapes)} tensors: not batched"
+    return f"{fmt} state: CUDA vs CPU torch ops, relative error {err:.1e}; {len(kernels)} kernels a step for {len(shapes)} tensors"
 
 
 def check_one_launch_per_bucket(fmt) -> str:
@@ -266,6 +294,8 @@ def timings(reps: int) -> list[tuple]:
             "foreach": Adan(adan_ps, lr=1e-3, foreach=True),
             "bf16 state": Adan(adan_ps, lr=1e-3, fused=True, state_dtype="bfloat16"),
             "int8 state": Adan(adan_ps, lr=1e-3, fused=True, state_dtype="int8"),
+            "torch ops, bf16 state": Adan(adan_ps, lr=1e-3, foreach=True, fused=False, state_dtype="bfloat16"),
+            "torch ops, int8 state": Adan(adan_ps, lr=1e-3, foreach=True, fused=False, state_dtype="int8"),
         }
         n = sum(p.numel() for p in adan_ps)
         # Adan moves 44 bytes per parameter (24 read, 20 written): a copy of 22 bytes per
@@ -307,6 +337,7 @@ def main() -> int:
     checks = [(f"fused parity {d}", lambda d=d: check_parity(d, "fused")) for d in (torch.float32, torch.bfloat16, torch.float16)]
     checks += [(f"foreach parity {d}", lambda d=d: check_parity(d, "foreach")) for d in (torch.float32, torch.bfloat16)]
     checks += [(f"compact {f}", lambda f=f: check_compact(f)) for f in ("bfloat16", "int8")]
+    checks += [(f"torch-ops compact {f}", lambda f=f: check_torch_ops_compact(f)) for f in ("bfloat16", "int8")]
     checks += [(f"one launch per bucket, {f}", lambda f=f: check_one_launch_per_bucket(f)) for f in ("float32", "bfloat16", "int8")]
     checks += [(f"step counts, {f}", lambda f=f: check_step_counts(f)) for f in ("float32", "bfloat16", "int8")]
     checks += [(f"kernels per step, {f}", lambda f=f: check_launches(f)) for f in ("float32", "bfloat16", "int8")]

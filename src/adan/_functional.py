@@ -74,16 +74,25 @@ def _step_coefficients(
     return (*bias_corrections(t, lr, beta1, beta2, beta3), (t != 1).to(torch.float64)), fresh
 
 
-# CPU tensors above this many elements are updated in slices of it, so that the dozen
-# passes of the non-fused update run on data that stays in the L2 cache.
-_CHUNK = 1 << 16
+# CPU tensors above a slice are updated slice by slice, so that the dozen passes of the
+# non-fused update run on data that stays in the L2 caches: this many elements per thread
+# (each op splits a slice among the threads). On 2 cores, at 2 threads, slices of 2^17
+# elements took 15-25% less time than slices of 2^16 (float32, bfloat16 and int8 state);
+# at 1 thread 2^16 was the best (docs/benchmarks.md).
+_CHUNK_PER_THREAD = 1 << 16
+
+
+def _chunk() -> int:
+    """Elements per slice of the CPU update (a multiple of the int8 block)."""
+    return _CHUNK_PER_THREAD * torch.get_num_threads()
 
 
 def _sliced(t: Tensor) -> bool:
     """Whether ``t`` is updated slice by slice: a contiguous CPU tensor larger than a slice,
     outside a trace. A GPU would pay a kernel launch per op and slice (a 25M-parameter model:
     some 400 slices of about 50 ops, every step), and gains nothing from it."""
-    return t.numel() > _CHUNK and t.device.type == "cpu" and t.is_contiguous() and not torch.compiler.is_compiling()
+    # (a trace asks no thread count: dynamo does not take it)
+    return t.device.type == "cpu" and not torch.compiler.is_compiling() and t.numel() > _chunk() and t.is_contiguous()
 
 
 def _adan_lists(
@@ -185,14 +194,14 @@ def _increment(steps: list[Tensor]) -> None:
 
 
 def _chunks(tensors: tuple[Tensor, ...]):
-    """Equal slices of at most _CHUNK elements of same-shaped tensors (whole if strided)."""
-    numel = tensors[0].numel()
+    """Equal slices of at most :func:`_chunk` elements of same-shaped tensors (whole if strided)."""
     if not all(map(_sliced, tensors)):
         yield tensors
         return
+    numel, chunk = tensors[0].numel(), _chunk()
     flat = [t.view(-1) for t in tensors]
-    for start in range(0, numel, _CHUNK):
-        yield tuple(f[start : start + _CHUNK] for f in flat)
+    for start in range(0, numel, chunk):
+        yield tuple(f[start : start + chunk] for f in flat)
 
 
 def _check_shapes(lists: TensorLists) -> None:
@@ -211,18 +220,19 @@ def _per_tensor(lists, coefs: tuple[Tensor, ...], fresh: Optional[list[bool]], i
 
 
 def _row_chunks(t: Tensor):
-    """Slices ``(rows, cols)`` of about _CHUNK elements that never split a block."""
+    """Slices ``(rows, cols)`` of about :func:`_chunk` elements that never split a block."""
     rows, cols = _compact.block_layout(t.shape)
     if not _sliced(t):
         yield None
         return
     if rows > 1:
-        step = max(1, _CHUNK // cols)
+        step = max(1, _chunk() // cols)
         for r in range(0, rows, step):
             yield slice(r, r + step), slice(None)
     else:
-        for c in range(0, cols, _CHUNK):  # _CHUNK is a multiple of BLOCK
-            yield slice(None), slice(c, c + _CHUNK)
+        chunk = _chunk()  # a multiple of BLOCK
+        for c in range(0, cols, chunk):
+            yield slice(None), slice(c, c + chunk)
 
 
 class _Piece(NamedTuple):
@@ -268,7 +278,7 @@ def _per_tensor_compact(
     """The update for compact state or rounded parameters, in batches.
 
     Tensors (large CPU ones in slices) are gathered into batches of one state format and
-    about :data:`_CHUNK` elements on the CPU (:data:`_DEVICE_BATCH` elsewhere); each batch is
+    a slice's elements (:func:`_chunk`) on the CPU (:data:`_DEVICE_BATCH` elsewhere); each batch is
     decoded to float32, updated by ``_adan_lists`` (the one place the maths lives) and
     encoded back, so a thousand small tensors cost a few dozen ops, not a few dozen each.
     At a parameter's first step its previous gradient is the current one, exactly (the
@@ -278,7 +288,7 @@ def _per_tensor_compact(
     kwargs = dict(kwargs)
     scale = kwargs.pop("scale")
     cpu = lists.params[0].device.type == "cpu" and not torch.compiler.is_compiling()
-    limit = _CHUNK if cpu else _DEVICE_BATCH
+    limit = _chunk() if cpu else _DEVICE_BATCH
     open_batches: dict[_formats.StateFormat, tuple[list[_Piece], list[int]]] = {}
     for i in range(len(lists.params)):
         fmt = _formats.format_of(lists.exp_avgs[i])
@@ -378,18 +388,19 @@ def _multi_tensor_adan(lists: TensorLists, hp: HParams, opts: _Options) -> None:
             _adan_lists(*tensors, coefs, fresh=fresh, **kwargs)
             continue
         # On the CPU, work in cache-sized pieces: a large tensor slice by slice, small
-        # ones in foreach batches of about _CHUNK elements.
+        # ones in foreach batches of about a slice's elements.
+        chunk = _chunk()
         numels = [t.numel() for t in tensors[0]]
-        _per_tensor(tensors, coefs, fresh, [i for i, k in enumerate(numels) if k > _CHUNK], kwargs)
+        _per_tensor(tensors, coefs, fresh, [i for i, k in enumerate(numels) if k > chunk], kwargs)
         batch, size = [], 0
-        for i, k in enumerate(numels + [_CHUNK + 1]):  # a sentinel flushes the last batch
-            if batch and (size + k > _CHUNK or i == len(numels)):
+        for i, k in enumerate(numels + [chunk + 1]):  # a sentinel flushes the last batch
+            if batch and (size + k > chunk or i == len(numels)):
                 idx = torch.tensor(batch)
                 part = [[lst[j] for j in batch] for lst in tensors]
                 part_fresh = None if fresh is None else [fresh[j] for j in batch]
                 _adan_lists(*part, tuple(c[idx] for c in coefs), fresh=part_fresh, **kwargs)
                 batch, size = [], 0
-            if i < len(numels) and k <= _CHUNK:
+            if i < len(numels) and k <= chunk:
                 batch.append(i)
                 size += k
 
