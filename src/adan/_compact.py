@@ -22,8 +22,8 @@ and 1-D tensors) and ``cols = numel / rows``; a block is up to ``BLOCK`` consecu
 columns of one row, and the scales have shape ``(rows, ceil(cols / BLOCK))``. Rows are what
 FSDP2 shards, so the codes and the scales of a sharded parameter are sharded alike.
 
-**Code maps** (companding; no lookup table, one ``sqrt`` to encode). With ``s`` the block's
-largest magnitude::
+**Code maps** (companding: one ``sqrt`` to encode; the torch ops decode through a 256-entry
+table of the same values). With ``s`` the block's largest magnitude::
 
     signed   (m, v): q = sign(x) floor(127 sqrt(|x| / s) + 1/2)      x' = s sign(q) (q / 127)^2
     unsigned (n)   : q = max(floor(255 (x / s)^(1/4) + 1/2), [x > 0])  x' = s (q / 255)^4

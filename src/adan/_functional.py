@@ -373,7 +373,8 @@ def _single_tensor_adan(lists: TensorLists, hp: HParams, opts: _Options) -> None
 
 
 def _multi_tensor_adan(lists: TensorLists, hp: HParams, opts: _Options) -> None:
-    """``torch._foreach_*`` ops over device/dtype buckets (compact state tensor by tensor)."""
+    """``torch._foreach_*`` ops over device/dtype buckets (compact state in batches, see
+    :func:`_per_tensor_compact`)."""
     compact, rest = lists.split_compact(opts.param_update)
     if compact.params:
         _single_tensor_adan(compact, hp, opts)
