@@ -220,11 +220,9 @@ def _per_tensor(lists, coefs: tuple[Tensor, ...], fresh: Optional[list[bool]], i
 
 
 def _row_chunks(t: Tensor):
-    """Slices ``(rows, cols)`` of about :func:`_chunk` elements that never split a block."""
+    """Slices ``(rows, cols)`` of about :func:`_chunk` elements that never split a block
+    (for a tensor :func:`_sliced` takes)."""
     rows, cols = _compact.block_layout(t.shape)
-    if not _sliced(t):
-        yield None
-        return
     if rows > 1:
         step = max(1, _chunk() // cols)
         for r in range(0, rows, step):
@@ -254,11 +252,11 @@ def _pieces(lists: TensorLists, i: int):
     p, g, m, v, n, neg = (lst[i] for lst in lists.dense[:6])
     scales = lists.state_scales[i] if lists.state_scales is not None else None
     comp = lists.param_comps[i] if lists.param_comps is not None else None
+    if not _sliced(p):
+        yield _Piece(i, p, g, m, v, n, neg, comp, scales)
+        return
+    rows, cols = _compact.block_layout(p.shape)
     for chunk in _row_chunks(p):
-        if chunk is None:
-            yield _Piece(i, p, g, m, v, n, neg, comp, scales)
-            continue
-        rows, cols = _compact.block_layout(p.shape)
         r, c = chunk
         # the state is laid out like p (contiguous here); a gradient may be strided
         pv, mv, vv, nv, negv, compv = (None if t is None else t.view(rows, cols)[r, c] for t in (p, m, v, n, neg, comp))
