@@ -90,26 +90,31 @@ def check_compact(fmt) -> str:
     return f"{fmt} state: Triton vs CPU kernel, relative error {err:.1e}"
 
 
-def check_torch_ops_compact(fmt) -> str:
-    """The torch-ops compact path on CUDA (``fused=False``: what runs without Triton) against
-    the same path on the CPU, on 300 tiny tensors and two int8-eligible ones; then the CUDA
-    kernels one of its steps launches, which batching keeps to a few per op."""
+def _kernels_of_a_step(ps, opt) -> list:
+    """The CUDA kernels of one step (torch's profiler), after a step that makes the state."""
     from torch.profiler import ProfilerActivity, profile
 
-    shapes = tuple((k % 37 + 1, k % 5 + 1) if k % 3 else (k * 7 + 1,) for k in range(300)) + ((64, 300), (33, 257))
-    kw = dict(lr=1e-2, weight_decay=0.02, state_dtype=fmt, foreach=True, fused=False)
-    cuda, opt = _run(kw, torch.float32, "cuda", shapes=shapes)
-    cpu, _ = _run(kw, torch.float32, "cpu", shapes=shapes)
-    err = max(((a.cpu() - b).norm() / b.norm()).item() for a, b in zip(cuda, cpu))
-    assert err < (2e-3 if fmt == "bfloat16" else 2e-4), err
-    for p in cuda:
+    for p in ps:
         p.grad = torch.randn_like(p)
     opt.step()
     torch.cuda.synchronize()
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         opt.step()
         torch.cuda.synchronize()
-    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    return [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+
+
+def check_torch_ops_compact(fmt) -> str:
+    """The torch-ops compact path on CUDA (``fused=False``: what runs without Triton) against
+    the same path on the CPU, on 300 tiny tensors and two int8-eligible ones; then the CUDA
+    kernels one of its steps launches, which batching keeps to a few per op."""
+    shapes = tuple((k % 37 + 1, k % 5 + 1) if k % 3 else (k * 7 + 1,) for k in range(300)) + ((64, 300), (33, 257))
+    kw = dict(lr=1e-2, weight_decay=0.02, state_dtype=fmt, foreach=True, fused=False)
+    cuda, opt = _run(kw, torch.float32, "cuda", shapes=shapes)
+    cpu, _ = _run(kw, torch.float32, "cpu", shapes=shapes)
+    err = max(((a.cpu() - b).norm() / b.norm()).item() for a, b in zip(cuda, cpu))
+    assert err < (2e-3 if fmt == "bfloat16" else 2e-4), err
+    kernels = _kernels_of_a_step(cuda, opt)
     if fmt == "bfloat16":  # (int8 codes are made per tensor, for its blocks' scales)
         assert len(kernels) < len(shapes), f"{len(kernels)} kernels for {len(shapes)} tensors: not batched"
     return f"{fmt} state: CUDA vs CPU torch ops, relative error {err:.1e}; {len(kernels)} kernels a step for {len(shapes)} tensors"
@@ -150,19 +155,9 @@ def check_step_counts(fmt) -> str:
 def check_launches(fmt) -> str:
     """Count the CUDA kernels one step launches (torch's profiler): the Adan kernel must run
     once for a bucket of 300 tensors."""
-    from torch.profiler import ProfilerActivity, profile
-
     shapes = tuple((k % 37 + 1, k % 5 + 1) if k % 3 else (k * 7 + 1,) for k in range(300))
     ps = _params(shapes, torch.float32, "cuda")
-    opt = Adan(ps, lr=1e-2, fused=True, state_dtype=fmt)
-    for p in ps:
-        p.grad = torch.randn_like(p)
-    opt.step()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        opt.step()
-        torch.cuda.synchronize()
-    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    kernels = _kernels_of_a_step(ps, Adan(ps, lr=1e-2, fused=True, state_dtype=fmt))
     adan = [e.name for e in kernels if "adan" in e.name]
     assert len(adan) == 1, adan
     others = sorted({e.name[:40] for e in kernels if "adan" not in e.name})
