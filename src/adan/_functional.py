@@ -270,7 +270,7 @@ def _pieces(lists: TensorLists, i: int):
 _DEVICE_BATCH = 1 << 24
 
 
-def _per_tensor_compact(
+def _compact_update(
     lists: TensorLists, param_update: str, generator, coefs: tuple[Tensor, ...], fresh: Optional[list[bool]], kwargs
 ) -> None:
     """The update for compact state or rounded parameters, in batches.
@@ -287,20 +287,18 @@ def _per_tensor_compact(
     scale = kwargs.pop("scale")
     cpu = lists.params[0].device.type == "cpu" and not torch.compiler.is_compiling()
     limit = _chunk() if cpu else _DEVICE_BATCH
-    open_batches: dict[_formats.StateFormat, tuple[list[_Piece], list[int]]] = {}
+    filling: dict[_formats.StateFormat, tuple[list[_Piece], int]] = {}  # format -> (batch, its elements)
     for i in range(len(lists.params)):
         fmt = _formats.format_of(lists.exp_avgs[i])
         for piece in _pieces(lists, i):
-            batch, size = open_batches.setdefault(fmt, ([], [0]))
-            if batch and size[0] + piece.p.numel() > limit:
+            batch, size = filling.get(fmt, ([], 0))
+            if batch and size + piece.p.numel() > limit:
                 _compact_batch(fmt, batch, lists, coefs, fresh, scale, param_update, generator, kwargs)
-                batch.clear()
-                size[0] = 0
+                batch, size = [], 0
             batch.append(piece)
-            size[0] += piece.p.numel()
-    for fmt, (batch, _) in open_batches.items():
-        if batch:
-            _compact_batch(fmt, batch, lists, coefs, fresh, scale, param_update, generator, kwargs)
+            filling[fmt] = (batch, size + piece.p.numel())
+    for fmt, (batch, _) in filling.items():
+        _compact_batch(fmt, batch, lists, coefs, fresh, scale, param_update, generator, kwargs)
 
 
 def _compact_batch(fmt, batch: list[_Piece], lists, coefs, fresh, scale, param_update, generator, kwargs) -> None:
@@ -365,14 +363,14 @@ def _single_tensor_adan(lists: TensorLists, hp: HParams, opts: _Options) -> None
         _increment(part.state_steps)
         coefs, fresh = _step_coefficients(part.state_steps, opts.lr, hp.beta1, hp.beta2, hp.beta3)
         if compact:
-            _per_tensor_compact(part, opts.param_update, opts.generator, coefs, fresh, kwargs)
+            _compact_update(part, opts.param_update, opts.generator, coefs, fresh, kwargs)
         else:
             _per_tensor(part.dense[:6], coefs, fresh, range(len(part.params)), kwargs)
 
 
 def _multi_tensor_adan(lists: TensorLists, hp: HParams, opts: _Options) -> None:
     """``torch._foreach_*`` ops over device/dtype buckets (compact state in batches, see
-    :func:`_per_tensor_compact`)."""
+    :func:`_compact_update`)."""
     compact, rest = lists.split_compact(opts.param_update)
     if compact.params:
         _single_tensor_adan(compact, hp, opts)
