@@ -77,8 +77,9 @@ def _step_coefficients(
 # CPU tensors above a slice are updated slice by slice, so that the dozen passes of the
 # non-fused update run on data that stays in the L2 caches: this many elements per thread
 # (each op splits a slice among the threads). On 2 cores, at 2 threads, slices of 2^17
-# elements took 15-25% less time than slices of 2^16 (float32, bfloat16 and int8 state);
-# at 1 thread 2^16 was the best (docs/benchmarks.md).
+# elements took 10-25% less time than slices of 2^16 with float32 and bfloat16 state (int8
+# state: faster on one case, slower on another); at 1 thread 2^16 was the best
+# (docs/benchmarks.md).
 _CHUNK_PER_THREAD = 1 << 16
 
 
