@@ -169,7 +169,8 @@ def quantize_unsigned(x: Tensor) -> tuple[Tensor, Tensor]:
     inv = torch.where(scale > 0, 1.0 / scale, torch.zeros_like(scale))
     q = (b * inv.unsqueeze(-1)).sqrt_().sqrt_().mul_(255.0).add_(0.5).floor_()
     # A positive value never becomes 0: at least sign(b) = [b > 0] for the finite b >= 0 here
-    # (one float pass; a comparison and its conversion to float cost eight times that).
+    # (one float pass: 7-9 us on 64K elements, where a comparison and its conversion took 74-82,
+    # benchmarks/codec_ops.py).
     torch.maximum(q, b.sign(), out=q)
     return _unblock(q.to(torch.uint8), x.shape), scale
 
@@ -193,7 +194,7 @@ def random_bits(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device
 
     Drawn as 64-bit words over int64's full range, which torch's generators fill with one
     64-bit draw per word; an int32 draw over its full range costs a 64-bit draw per element
-    (2.4x the time on the CPU), and ``random_()`` leaves the sign bit 0."""
+    (2.2-2.5x the time on the CPU, benchmarks/codec_ops.py), and ``random_()`` leaves the sign bit 0."""
     generator = _usable(generator, device)
     if torch.compiler.is_compiling():  # dynamo traces randint, not random_
         half = 2 ** (torch.iinfo(dtype).bits - 1)
@@ -201,7 +202,7 @@ def random_bits(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device
     numel = 1
     for s in shape:
         numel *= s
-    words = -(-numel * torch.empty((), dtype=dtype).element_size() // 8)
+    words = -(-numel * torch.iinfo(dtype).bits // 64)
     bits = torch.empty(words, dtype=torch.int64, device=device).random_(-(2**63), None, generator=generator)
     return bits.view(dtype)[:numel].view(shape)
 
@@ -225,7 +226,8 @@ def round_to_bf16_(x: Tensor, noise: Tensor) -> Tensor:
     # Every NaN first becomes the canonical quiet NaN (0x7fc00000), which the addition and
     # truncation keep a NaN; a NaN whose payload fills the top mantissa bits (as the NaNs of
     # clamp/maximum do) would carry into the sign, and one with only low payload bits would
-    # truncate to inf. Infinities stay. One pass: an isnan mask and a masked fill took 6x as long.
+    # truncate to inf. Infinities stay. One pass: an isnan mask and a masked fill took 7-9x as
+    # long (benchmarks/codec_ops.py).
     x.nan_to_num_(nan=float("nan"), posinf=float("inf"), neginf=float("-inf"))
     x.view(torch.int32).add_(noise).bitwise_and_(-65536)
     return x

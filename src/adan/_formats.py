@@ -169,7 +169,8 @@ class BFloat16(StateFormat):
     def decode_all(self, states: list[dict], negs: list[Tensor]) -> Decoded:
         total = sum(neg.numel() for neg in negs)
         scratch = torch.empty((2, 2, total), dtype=torch.float32, device=negs[0].device)
-        # views shaped like the buffers, end to end (a C++ loop: a Python one cost 2 us a view)
+        # views shaped like the buffers, end to end, made in one C++ loop (a Python loop of
+        # .view calls cost 13-15% of a step on a thousand small tensors, with the slice generator)
         m32, n32, v32, neg32 = (torch._utils._unflatten_dense_tensors(row, negs) for row in scratch.view(4, -1))
         for dst, src in zip((m32, v32, n32), MOMENTS):
             torch._foreach_copy_(dst, [state[src] for state in states])

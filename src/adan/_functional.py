@@ -76,10 +76,9 @@ def _step_coefficients(
 
 # CPU tensors above a slice are updated slice by slice, so that the dozen passes of the
 # non-fused update run on data that stays in the L2 caches: this many elements per thread
-# (each op splits a slice among the threads). On 2 cores, at 2 threads, slices of 2^17
-# elements took 10-25% less time than slices of 2^16 with float32 and bfloat16 state (int8
-# state: faster on one case, slower on another); at 1 thread 2^16 was the best
-# (docs/benchmarks.md).
+# (each op splits a slice among the threads). On 2 cores, at 2 threads, on step_time.py's large
+# case, slices of 2^17 elements took 18-21% less time than slices of 2^16 with float32 and
+# bfloat16 state, and 11% more with int8 state (docs/benchmarks.md).
 _CHUNK_PER_THREAD = 1 << 16
 
 
@@ -91,7 +90,7 @@ def _chunk() -> int:
 def _sliced(t: Tensor) -> bool:
     """Whether ``t`` is updated slice by slice: a contiguous CPU tensor larger than a slice,
     outside a trace. A GPU would pay a kernel launch per op and slice (a 25M-parameter model:
-    some 400 slices of about 50 ops, every step), and gains nothing from it."""
+    384 slices of a few dozen ops each, every step), and gains nothing from it."""
     # (a trace asks no thread count: dynamo does not take it)
     return t.device.type == "cpu" and not torch.compiler.is_compiling() and t.numel() > _chunk() and t.is_contiguous()
 
@@ -220,10 +219,9 @@ def _per_tensor(lists, coefs: tuple[Tensor, ...], fresh: Optional[list[bool]], i
             _adan_lists([p], [g], [m], [v], [n], [neg], tensor_coefs, fresh=tensor_fresh, **kwargs)
 
 
-def _row_chunks(t: Tensor):
-    """Slices ``(rows, cols)`` of about :func:`_chunk` elements that never split a block
-    (for a tensor :func:`_sliced` takes)."""
-    rows, cols = _compact.block_layout(t.shape)
+def _row_chunks(rows: int, cols: int):
+    """Slices ``(rows, cols)`` of about :func:`_chunk` elements of a ``rows x cols`` tensor
+    (its block layout) that never split a block."""
     if rows > 1:
         step = max(1, _chunk() // cols)
         for r in range(0, rows, step):
@@ -257,8 +255,7 @@ def _pieces(lists: TensorLists, i: int):
         yield _Piece(i, p, g, m, v, n, neg, comp, scales)
         return
     rows, cols = _compact.block_layout(p.shape)
-    for chunk in _row_chunks(p):
-        r, c = chunk
+    for r, c in _row_chunks(rows, cols):
         # the state is laid out like p (contiguous here); a gradient may be strided
         pv, mv, vv, nv, negv, compv = (None if t is None else t.view(rows, cols)[r, c] for t in (p, m, v, n, neg, comp))
         bc = c if c == slice(None) else slice(c.start // _compact.BLOCK, -(-c.stop // _compact.BLOCK))
