@@ -414,6 +414,43 @@ def test_layout_cache_never_lets_a_changed_layout_through(state_dtype):
         opt.step()
 
 
+@pytest.mark.skipif(not CPU_FUSED, reason="no C compiler")
+@pytest.mark.parametrize(
+    "state_dtype, smaller, error",
+    [
+        ("float32", "rows", r"'exp_avg_diff' has shape \(32, 128\)"),
+        ("bfloat16", "rows", r"'exp_avg_diff' has shape \(32, 128\)"),
+        ("int8", "rows", r"'exp_avg_diff' has shape \(32, 128\)"),
+        ("float32", "dtype", r"the state of torch.float32 parameters must be torch.float32"),
+    ],
+)
+def test_a_smaller_buffer_at_the_same_address_is_checked(state_dtype, smaller, error):
+    """The layout cache compares addresses, and an address may hold a smaller buffer now: a
+    freed buffer's memory handed to a smaller one (the CUDA caching allocator does that
+    first of all), or, as here, a view of the first rows, or of the same memory in a
+    narrower dtype, which starts where the old buffer did. Taken for the cached layout,
+    the kernel would write a whole parameter's worth into it; the step must check it
+    instead and refuse, before anything is written (it used to step silently)."""
+    w = torch.nn.Parameter(torch.randn(64, 128))
+    opt = Adan([w], lr=1e-2, state_dtype=state_dtype, fused=True)
+    for _ in range(2):
+        w.grad = torch.randn_like(w)
+        opt.step()  # the layout is now cached
+    good = opt.state[w]["exp_avg_diff"]
+    bad = good[:32] if smaller == "rows" else good.view(torch.int16)[:, :128]
+    assert bad.data_ptr() == good.data_ptr() and bad.nbytes < good.nbytes
+    opt.state[w]["exp_avg_diff"] = bad
+    w.grad = torch.randn_like(w)
+    before, snap = w.detach().clone(), _snapshot(opt)
+    with pytest.raises((ValueError, TypeError), match=error):
+        opt.step()
+    assert torch.equal(w, before)
+    _assert_unchanged(opt, snap)
+    opt.state[w]["exp_avg_diff"] = good
+    opt.step()
+    assert not torch.equal(w, before)
+
+
 @pytest.mark.parametrize("path", ALL_PATHS)
 @pytest.mark.parametrize("state_dtype", ["float32", "int8"])
 def test_a_bad_group_raises_before_any_group_is_updated(path, state_dtype):

@@ -9,12 +9,14 @@ tuples (no device access, no host sync).
 
 from __future__ import annotations
 
+from itertools import chain
+from operator import attrgetter
 from typing import Any, Callable, Iterable, Optional, Sequence
 
 import torch
 from torch import Tensor
 
-__all__ = ["StateShapeError", "check_state_shapes", "check_bucket", "check_devices", "check_uniform_dtypes", "named_buffers", "flat_grads", "check_foreign_options", "check_no_duplicates", "LayoutCache"]
+__all__ = ["StateShapeError", "check_state_shapes", "check_bucket", "check_devices", "check_uniform_dtypes", "named_buffers", "flat_grads", "check_foreign_options", "check_no_duplicates", "LayoutCache", "layout_of"]
 
 # Options of other optimizers (or of Adan variants) that change the update. A group that
 # sets one of them to a true value was made for something else: loading it as plain Adan
@@ -136,16 +138,33 @@ def flat_grads(params: list[Tensor], grads: list[Tensor], dtype: torch.dtype) ->
     return grads
 
 
+# (Tensor.size() builds the same torch.Size as .shape in a third of the time: these run every step.)
+_data_ptr, _size, _nbytes = Tensor.data_ptr, Tensor.size, attrgetter("nbytes")
+
+
+def layout_of(slots: list[list[Tensor]]) -> tuple[list[int], list]:
+    """What :class:`LayoutCache` compares a bucket's layout by: every tensor's data pointer,
+    slot after slot, then the parameters' shapes (``slots[0]``) and every other tensor's
+    size in bytes. An address says nothing of what lies there now: a buffer freed and a
+    smaller one allocated in its place (allocators do that, the CUDA caching allocator
+    first of all), or a view of the same memory that is shorter or of a narrower dtype.
+    (A parameter's shape, with the one dtype of its bucket, which the launchers take anew
+    each step, gives its size.)"""
+    pointers = list(map(_data_ptr, chain.from_iterable(slots)))
+    return pointers, [*map(_size, slots[0]), *map(_nbytes, chain.from_iterable(slots[1:]))]
+
+
 class LayoutCache:
     """What the fused launchers (C and Triton) build from a bucket's memory layout (its
     pointer tables), kept for the layouts that :func:`check_state_shapes` has passed, so that a
     step whose tensors sit where they sat last step skips both the check (about 1.5 us a
     tensor) and the table's construction.
 
-    The caller reads every tensor's data pointer, and every parameter's shape, each step
-    and passes them in: a layout is reused only when all of them are equal, so a state
-    tensor replaced or loaded, a parameter resized or moved (``p.data = ...``), state made
-    by ``restart_opt`` or a new parameter group all build (and check) again, and no kernel
+    The caller reads every tensor's data pointer and size in bytes, and every parameter's
+    shape, each step (:func:`layout_of`) and passes them in: a layout is reused only when
+    all of them are equal, so a state tensor replaced or loaded (even by a smaller one at
+    the same address), a parameter resized or moved (``p.data = ...``), state made by
+    ``restart_opt`` or a new parameter group all build (and check) again, and no kernel
     reads through a stale pointer. Gradients, which autograd and the ``.grad`` setter keep
     shaped like their parameter, are checked with each new layout. A bucket is found by
     its size and its first pointer; the least recently used of ``capacity`` are kept.

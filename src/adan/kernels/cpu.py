@@ -20,15 +20,13 @@ from __future__ import annotations
 
 import ctypes
 from array import array
-from itertools import chain
-from operator import attrgetter
 from pathlib import Path
 from typing import Callable, Optional
 
 import torch
 from torch import Tensor
 
-from adan._checks import LayoutCache, check_bucket, flat_grads
+from adan._checks import LayoutCache, check_bucket, flat_grads, layout_of
 from adan._codes import ParamUpdate, dtype_code
 from adan._compact import block_layout, full_dtype, scale_shape
 from adan._formats import format_of
@@ -43,7 +41,7 @@ _COMPACT_SOURCE = Path(__file__).parent / "adan_cpu_compact.c"
 _DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 _COMPACT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _HPARAMS = [ctypes.c_double] * 5 + [ctypes.c_int32, ctypes.c_int32]  # b1, b2, b3, eps, wd, no_prox, threads
-_data_ptr, _numel, _shape = Tensor.data_ptr, Tensor.numel, attrgetter("shape")
+_data_ptr, _numel = Tensor.data_ptr, Tensor.numel
 _lib: Optional[ctypes.CDLL] = None
 _error: Optional[str] = None
 
@@ -100,11 +98,6 @@ _FULL_TABLES = LayoutCache()
 _COMPACT_TABLES = LayoutCache()
 
 
-def _pointers(slots: list[list[Tensor]]) -> list[int]:
-    """Every tensor's data pointer, slot after slot."""
-    return list(map(_data_ptr, chain.from_iterable(slots)))
-
-
 def _addresses(table: array, n_slots: int) -> list[int]:
     """The address of each slot's run of pointers in ``table`` (keep it alive while the kernel runs)."""
     base, length = table.buffer_info()
@@ -124,7 +117,7 @@ def prepare_full(lists: TensorLists, scalars: Tensor, hp: HParams) -> Callable[[
     # (int8 scales of a parameter that left its compact bucket are not this kernel's to read)
     lists = lists._replace(grads=flat_grads(params, lists.grads, dtype), state_scales=None)
     slots = [params, lists.exp_avgs, lists.exp_avg_diffs, lists.exp_avg_sqs, lists.neg_pre_grads, lists.state_steps]
-    pointers, shapes = _pointers(slots), list(map(_shape, params))
+    pointers, extents = layout_of(slots)
 
     def build() -> tuple[array, array]:
         # check_bucket: shapes, the CPU, one dtype per list, float32 steps; and that dtype is
@@ -135,7 +128,7 @@ def prepare_full(lists: TensorLists, scalars: Tensor, hp: HParams) -> Callable[[
             raise TypeError(f"fused Adan: the state of {dtype} parameters must be {sdtype}")
         return array("q", pointers), array("q", map(_numel, params))
 
-    table, sizes = _FULL_TABLES.get(pointers, shapes, build)
+    table, sizes = _FULL_TABLES.get(pointers, extents, build)
     p_, m_, v_, n_, neg_, steps_ = _addresses(table, len(slots))
     grads = array("q", map(_data_ptr, lists.grads))
     scalars = scalars.contiguous()
@@ -171,14 +164,14 @@ def prepare_compact(
     if comps is not None:
         slots.append(comps)
     slots.append(lists.state_steps)
-    pointers, shapes = _pointers(slots), list(map(_shape, params))
+    pointers, extents = layout_of(slots)
 
     def build() -> tuple[array, array, array]:
         check_bucket(lists, comps, scale_shape)
         layouts = [block_layout(p.shape) for p in params]
         return array("q", pointers), array("q", [r for r, _ in layouts]), array("q", [c for _, c in layouts])
 
-    table, rows, cols = _COMPACT_TABLES.get(pointers, shapes, build)
+    table, rows, cols = _COMPACT_TABLES.get(pointers, extents, build)
     at = iter(_addresses(table, len(slots)))
     p_, m_, v_, n_, neg_ = (next(at) for _ in range(5))
     scales = [next(at) for _ in range(3)] if fmt.scale_keys else [None] * 3

@@ -23,7 +23,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from adan._checks import LayoutCache, check_bucket
+from adan._checks import LayoutCache, check_bucket, layout_of
 from adan._compact import scale_shape
 from adan._lists import TensorLists
 from adan._maths import HParams
@@ -81,14 +81,14 @@ def bucket_tables(
     which only counts its step. ``arrivals``: the tensors' int32 counters for
     :func:`count_step`, zero between launches.
 
-    Each step reads every pointer and every parameter's shape (no device access); a table
-    is built, after ``check()`` passed, only for a layout not seen in the last few steps,
-    so a state tensor replaced or loaded, a parameter resized or moved, ``restart_opt`` or
-    a new parameter group never let a kernel read through a stale pointer.
+    Each step reads every pointer and size (:func:`adan._checks.layout_of`; no device
+    access); a table is built, after ``check()`` passed, only for a layout not seen in the
+    last few steps, so a state tensor replaced or loaded (even at the same address), a
+    parameter resized or moved, ``restart_opt`` or a new parameter group never let a
+    kernel read through a stale pointer.
     """
-    params = slots[0]
-    pointers = [t.data_ptr() for slot in slots for t in slot]
-    shapes = [device, tile, *(p.shape for p in params)]  # (the tile size too: gpu_tune.py changes it between steps)
+    pointers, extents = layout_of(slots)
+    shapes = [device, tile, *extents]  # (the tile size too: gpu_tune.py changes it between steps)
 
     def build() -> tuple[Tensor, Tensor, Tensor]:
         check()
