@@ -88,6 +88,36 @@ def test_default_picks_fused_and_fused_true_rejects_strided_params():
     assert torch.equal(a, b)
 
 
+@pytest.mark.skipif(not fused_available("cpu"), reason="no C compiler")
+def test_default_path_is_chosen_once_and_again_when_the_kernel_refuses(monkeypatch):
+    """A default group that took the fused path keeps it without choosing again (choosing
+    reads every parameter). When its parameters stop suiting the kernel, here a conv
+    weight turned channels_last in the middle of training, the step chooses again and
+    takes the foreach path, as a fresh step would, instead of raising; it then tracks a
+    twin that ran the foreach path throughout."""
+    choices = []
+    real = adan.optimizer._resolve_path
+    monkeypatch.setattr(adan.optimizer, "_resolve_path", lambda *a: choices.append(a[1:]) or real(*a))
+    gen = torch.Generator().manual_seed(0)
+    w = torch.nn.Parameter(torch.randn(8, 4, 3, 3, generator=gen))
+    twin = torch.nn.Parameter(w.detach().clone())
+    opt, ref = Adan([w], lr=1e-2), Adan([twin], lr=1e-2, foreach=True)
+    for step in range(6):
+        if step == 3:
+            for p in (w, twin):
+                p.data = p.data.contiguous(memory_format=torch.channels_last)
+            assert not w.is_contiguous()
+        g = torch.randn(w.shape, generator=gen)
+        w.grad, twin.grad = g.clone(), g.clone()
+        opt.step()
+        ref.step()
+        assert_rel_close(w, twin, 1e-5)
+        if step == 2:  # chosen at the first step only
+            assert [c for c in choices if c == (None, None)] == [(None, None)]
+    assert opt._fused_paths == {}  # foreach now: chosen at every step, nothing kept
+    assert len([c for c in choices if c == (None, None)]) == 1 + 1 + 2  # steps 0; 3 (after the refusal); 4 and 5
+
+
 def test_fused_is_the_default_where_available(monkeypatch):
     calls = []
     real = adan._fused._prepare_full
