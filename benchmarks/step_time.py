@@ -97,6 +97,7 @@ def contenders(case: str) -> dict[str, Callable[[list[torch.nn.Parameter]], torc
         "adan single-tensor": lambda ps: adan.Adan(ps, lr=1e-3, foreach=False),
         "adan foreach": lambda ps: adan.Adan(ps, lr=1e-3, foreach=True),
         "adan fused": lambda ps: adan.Adan(ps, lr=1e-3, fused=True),
+        "adan default (fused=None)": lambda ps: adan.Adan(ps, lr=1e-3),  # fused where it runs, chosen by the optimizer
         "adan fused, bfloat16 state": lambda ps: adan.Adan(ps, lr=1e-3, fused=True, state_dtype="bfloat16"),
         "adan fused, int8 state": lambda ps: adan.Adan(ps, lr=1e-3, fused=True, state_dtype="int8"),
         "adan single-tensor, bfloat16 state": lambda ps: adan.Adan(ps, lr=1e-3, foreach=False, fused=False, state_dtype="bfloat16"),

@@ -382,17 +382,23 @@ def test_kernel_cache_module_imports_cleanly_without_compiler_output():
 
 
 # ------------------------------------- the fused launchers' checked-layout cache
+def _with_a_cached_layout(state_dtype: str) -> tuple[torch.nn.Parameter, Adan]:
+    """A fused optimizer two steps in: its launcher's layout is cached."""
+    w = torch.nn.Parameter(torch.randn(64, 128))
+    opt = Adan([w], lr=1e-2, state_dtype=state_dtype, fused=True)
+    for _ in range(2):
+        w.grad = torch.randn_like(w)
+        opt.step()
+    return w, opt
+
+
 @pytest.mark.skipif(not CPU_FUSED, reason="no C compiler")
 @pytest.mark.parametrize("state_dtype", ["float32", "int8"])
 def test_layout_cache_never_lets_a_changed_layout_through(state_dtype):
     """The fused CPU launchers check a layout once; every way the layout can change is
     checked again: state replaced, parameter resized, load_state_dict, restart_opt,
     add_param_group."""
-    w = torch.nn.Parameter(torch.randn(64, 128))
-    opt = Adan([w], lr=1e-2, state_dtype=state_dtype, fused=True)
-    for _ in range(2):
-        w.grad = torch.randn_like(w)
-        opt.step()  # the layout is now cached
+    w, opt = _with_a_cached_layout(state_dtype)
     good = opt.state[w]["exp_avg_diff"]
     opt.state[w]["exp_avg_diff"] = torch.zeros(32, 128, dtype=good.dtype)  # replaced by a wrong one
     with pytest.raises(ValueError, match=r"'exp_avg_diff' has shape \(32, 128\)"):
@@ -431,11 +437,7 @@ def test_a_smaller_buffer_at_the_same_address_is_checked(state_dtype, smaller, e
     narrower dtype, which starts where the old buffer did. Taken for the cached layout,
     the kernel would write a whole parameter's worth into it; the step must check it
     instead and refuse, before anything is written (it used to step silently)."""
-    w = torch.nn.Parameter(torch.randn(64, 128))
-    opt = Adan([w], lr=1e-2, state_dtype=state_dtype, fused=True)
-    for _ in range(2):
-        w.grad = torch.randn_like(w)
-        opt.step()  # the layout is now cached
+    w, opt = _with_a_cached_layout(state_dtype)
     good = opt.state[w]["exp_avg_diff"]
     bad = good[:32] if smaller == "rows" else good.view(torch.int16)[:, :128]
     assert bad.data_ptr() == good.data_ptr() and bad.nbytes < good.nbytes
