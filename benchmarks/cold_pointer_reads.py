@@ -1,20 +1,25 @@
-"""What reading the data pointers costs inside a real step (cold caches), small case.
+"""What the per-step reads of the fused launcher cost inside a real step (cold caches), small case.
 
     python benchmarks/cold_pointer_reads.py
 
-1000 float32 parameters of 1000 elements with fused Adan state; before each measurement a
-large in-place op evicts the caches, as a backward pass would. Prints the medians (40 rounds)
-of reading the parameters' pointers, every pointer the fused launcher reads (parameters and
-the five state slots), the same warm, and a whole fused step.
+1000 float32 parameters of 1000 elements with fused Adan state, one thread; before each
+measurement a large in-place op evicts the caches, as a backward pass would. Prints the
+medians (40 rounds) of the reads every fused step makes whatever else it skips: the
+parameters' pointers; every pointer (parameters and the five state slots); every pointer
+and size (:func:`adan._checks.layout_of`, what the layout cache compares), cold and warm;
+the gradients (fetched, checked contiguous and of one dtype, their pointers); and a whole
+fused step.
 """
 
 import statistics
 import time
+from itertools import chain
+from operator import attrgetter
 
 import torch
 
 import adan
-from adan.kernels import cpu
+from adan._checks import layout_of
 
 torch.set_num_threads(1)
 g = torch.Generator().manual_seed(0)
@@ -27,23 +32,30 @@ for _ in range(3):
 states = [opt.state[p] for p in params]
 slots = [params] + [[s[k] for s in states] for k in ("exp_avg", "exp_avg_diff", "exp_avg_sq", "neg_pre_grad", "step")]
 big = torch.randn(8_000_000)
-cold_params, cold_all, warm_all, step = [], [], [], []
+
+
+def grads() -> None:
+    gs = list(map(attrgetter("grad"), params))
+    all(map(torch.Tensor.is_contiguous, gs)) and {x.dtype for x in gs}
+    list(map(torch.Tensor.data_ptr, gs))
+
+
+reads = {
+    "parameters' pointers": lambda: list(map(torch.Tensor.data_ptr, params)),
+    "every pointer": lambda: list(map(torch.Tensor.data_ptr, chain.from_iterable(slots))),
+    "every pointer and size (layout_of)": lambda: layout_of(slots),
+    "gradients": grads,
+    "fused step": opt.step,
+}
+times: dict[str, list[float]] = {name: [] for name in [*reads, "every pointer and size, warm"]}
 for _ in range(40):
-    big.mul_(1.0001)
+    for name, read in reads.items():
+        big.mul_(1.0001)
+        t = time.perf_counter()
+        read()
+        times[name].append(time.perf_counter() - t)
     t = time.perf_counter()
-    cpu._pointers(slots[:1])
-    cold_params.append(time.perf_counter() - t)
-    big.mul_(1.0001)
-    t = time.perf_counter()
-    cpu._pointers(slots)
-    cold_all.append(time.perf_counter() - t)
-    t = time.perf_counter()
-    cpu._pointers(slots)
-    warm_all.append(time.perf_counter() - t)
-    big.mul_(1.0001)
-    t = time.perf_counter()
-    opt.step()
-    step.append(time.perf_counter() - t)
-ms = lambda x: statistics.median(x) * 1e3  # noqa: E731
-print(f"pointers of the parameters, cold: {ms(cold_params):.3f} ms; of parameters and state, cold: {ms(cold_all):.3f} ms, "
-      f"warm: {ms(warm_all):.3f} ms; fused step, cold: {ms(step):.3f} ms")
+    layout_of(slots)
+    times["every pointer and size, warm"].append(time.perf_counter() - t)
+for name, ts in times.items():
+    print(f"{name:36s} {statistics.median(ts) * 1e3:.3f} ms")
