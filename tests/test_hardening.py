@@ -453,6 +453,21 @@ def test_a_smaller_buffer_at_the_same_address_is_checked(state_dtype, smaller, e
     assert not torch.equal(w, before)
 
 
+@pytest.mark.skipif(not CPU_FUSED, reason="no C compiler")
+@pytest.mark.parametrize("state_dtype", ["float32", "bfloat16", "int8"])
+def test_a_gradient_resized_through_data_is_checked_every_step(state_dtype):
+    """Gradients are not part of a cached layout (they change every step), and the kernels
+    read a parameter's worth of each. Autograd and the ``.grad`` setter keep a gradient
+    shaped like its parameter; ``p.grad.data = ...`` does not, so every step checks the
+    sizes (the kernel used to read past the end of a smaller gradient)."""
+    w, opt = _with_a_cached_layout(state_dtype)
+    w.grad = torch.randn_like(w)
+    w.grad.data = torch.randn(32, 128)
+    _step_raises_and_changes_nothing(opt, [w], r"parameter 0 of parameter group 0 has shape \(64, 128\) but its 'grad' has shape \(32, 128\)")
+    w.grad = torch.randn_like(w)
+    opt.step()
+
+
 @pytest.mark.parametrize("path", ALL_PATHS)
 @pytest.mark.parametrize("state_dtype", ["float32", "int8"])
 def test_a_bad_group_raises_before_any_group_is_updated(path, state_dtype):

@@ -122,8 +122,12 @@ def check_bucket(lists: Any, comps: Optional[Sequence[Optional[Tensor]]] = None,
 
 def flat_grads(params: list[Tensor], grads: list[Tensor], dtype: torch.dtype) -> list[Tensor]:
     """Contiguous parameters (else ``ValueError``), and the gradients as contiguous tensors
-    of the parameters' dtype (a new list where any had to change). With ``map`` over the
-    methods: this runs every step, over every tensor. Shared by the C and Triton launchers."""
+    of the parameters' dtype (a new list where any had to change), each of its parameter's
+    size (else :class:`StateShapeError`: the kernels read a parameter's worth of it; autograd
+    and the ``.grad`` setter keep that so, ``p.grad.data = ...`` need not). With ``map`` over
+    the methods: this runs every step, over every tensor. Shared by the C and Triton launchers."""
+    if list(map(Tensor.numel, grads)) != list(map(Tensor.numel, params)):
+        check_state_shapes(params, [("grad", grads)])  # (raises, naming the first)
     if all(map(Tensor.is_contiguous, params)) and all(map(Tensor.is_contiguous, grads)) and {g.dtype for g in grads} == {dtype}:
         return grads
     grads = list(grads)
