@@ -7,8 +7,8 @@ measurement a large in-place op evicts the caches, as a backward pass would. Pri
 medians (40 rounds) of the reads every fused step makes whatever else it skips: the
 parameters' pointers; every pointer (parameters and the five state slots); every pointer
 and size (:func:`adan._checks.layout_of`, what the layout cache compares), cold and warm;
-the gradients (fetched, checked contiguous and of one dtype, their pointers); and a whole
-fused step.
+the gradients (fetched, checked of their parameters' sizes, contiguous and of one dtype,
+their pointers); and a whole fused step.
 """
 
 import statistics
@@ -36,6 +36,7 @@ big = torch.randn(8_000_000)
 
 def grads() -> None:
     gs = list(map(attrgetter("grad"), params))
+    list(map(torch.Tensor.numel, gs)) == list(map(torch.Tensor.numel, params))
     all(map(torch.Tensor.is_contiguous, gs)) and {x.dtype for x in gs}
     list(map(torch.Tensor.data_ptr, gs))
 
