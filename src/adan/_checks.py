@@ -169,9 +169,9 @@ class LayoutCache:
     all of them are equal, so a state tensor replaced or loaded (even by a smaller one at
     the same address), a parameter resized or moved (``p.data = ...``), state made by
     ``restart_opt`` or a new parameter group all build (and check) again, and no kernel
-    reads through a stale pointer. Gradients, which autograd and the ``.grad`` setter keep
-    shaped like their parameter, are checked with each new layout. A bucket is found by
-    its size and its first pointer; the least recently used of ``capacity`` are kept.
+    reads through a stale pointer. Gradients, new every step, are no part of a layout:
+    :func:`flat_grads` checks their sizes at every step. A bucket is found by its size and
+    its first pointer; the least recently used of ``capacity`` are kept.
     """
 
     def __init__(self, capacity: int = 16):
