@@ -436,13 +436,14 @@ class Adan(Optimizer):
         (``fused=None``) group that got the fused path keeps it while it updates the same
         parameter objects: what could change the choice (a dtype, device or layout) the
         fused launchers check every step, and ``step()`` chooses again where they refuse."""
-        key = (group, group["foreach"], group["fused"])
-        known = self._fused_paths.get(gi) if remembered else None
-        if known is not None and known[0] is key[0] and known[1:3] == key[1:] and _same_objects(known[3], params):
-            return known[4]
-        path = _resolve_path(params, group["foreach"], group["fused"])
+        options = (group["foreach"], group["fused"])
+        if remembered and gi in self._fused_paths:
+            kept_group, kept_options, kept_params, path = self._fused_paths[gi]
+            if kept_group is group and kept_options == options and _same_objects(kept_params, params):
+                return path
+        path = _resolve_path(params, *options)
         if remembered and path[1] and group["fused"] is None:
-            self._fused_paths[gi] = (*key, list(params), path)
+            self._fused_paths[gi] = (group, options, list(params), path)
         return path
 
     # ------------------------------------------------------------ checkpoints
