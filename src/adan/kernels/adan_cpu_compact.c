@@ -1,9 +1,10 @@
 /* Fused Adan step for the CPU with compact state or rounded low-precision parameters.
  *
- * The same update as adan_cpu.c (see there), in float32, block by block: every tensor is
- * viewed as rows x cols and cut into blocks of up to BLOCK consecutive columns of a row
- * (src/adan/_compact.py documents the layout and the code maps). Each block is one
- * vectorised pass that decodes the state to float32, updates it and encodes it back (two
+ * The same update as adan_cpu.c (see there), in float32, unit by unit. Under int8 state
+ * a unit is a block: every tensor is viewed as rows x cols and cut into blocks of up to BLOCK
+ * consecutive columns of a row (src/adan/_compact.py documents the layout and the code maps).
+ * The other formats update every element alike, so a unit is a span of up to SPAN
+ * consecutive elements (a tensor is one row). Each unit is one vectorised pass that decodes the state to float32, updates it and encodes it back (two
  * for int8 state, whose codes need the block's new maxima):
  *
  *   fmt 0  float32 state      stored as is
@@ -21,7 +22,7 @@
  * Random bits for stochastic rounding come from a counter-based hash of (seed, tensor,
  * element): no state, the same bits whatever the thread count.
  * scalars[] = {lr, grad_mul, found_inf} as in adan_cpu.c; nothing is written when
- * found_inf != 0. Work is split across threads by blocks.
+ * found_inf != 0. Work is split across threads by units.
  */
 #if defined(__GNUC__) && !defined(__clang__) && defined(__AVX512F__)
 /* This kernel is compute-bound (the codecs, the rounding hash, square roots): GCC's full-
@@ -42,6 +43,9 @@
 #include "parallel_slices.h"
 
 #define BLOCK ADAN_BLOCK /* values per int8 scale, from adan/_codes.py */
+/* Elements per unit of the formats without blocks. Units of BLOCK elements left the bfloat16
+ * step 4-6% slower at one thread, their dispatch costing that much (docs/benchmarks.md). */
+#define SPAN 4096
 #define NONFINITE_CODE ADAN_NONFINITE_CODE /* m, v codes run over [-127, 127]; this one marks NaN/inf */
 #define FINITE(x) (fabsf(x) <= 3.402823466e38f) /* false for NaN and +-inf, branch-free */
 
@@ -102,15 +106,20 @@ typedef struct {
     uint32_t seed_lo, seed_hi;
 } conf_t;
 
-/* One block. pdtype, fmt and pu are compile-time constants in every call (see run_block):
+/* A unit's length: an int8 block, or a span. */
+#define UNIT(fmt) ((fmt) == FMT_INT8 ? BLOCK : SPAN)
+
+/* One unit: columns [j UNIT, (j + 1) UNIT) of row `row` of a rows x cols tensor (see
+ * unit_cols). pdtype, fmt and pu are compile-time constants in every call (see run_block):
  * the compiler specialises each combination and vectorises its loops. */
 static inline __attribute__((always_inline)) void block_impl(
     const int32_t pdtype, const int32_t fmt, const int32_t pu, const conf_t *c, int64_t k, int64_t row,
     int64_t j, int64_t cols, void *param, const void *grad, void *mq, void *vq, void *nq, uint16_t *neg16,
     float *negf, float *ms, float *vs, float *ns, void *comp, coef_t cf) {
-    const int64_t nb = (cols + BLOCK - 1) / BLOCK;
-    const int64_t base = row * cols + j * BLOCK;
-    const int64_t len = cols - j * BLOCK < BLOCK ? cols - j * BLOCK : BLOCK;
+    const int64_t U = UNIT(fmt);
+    const int64_t nb = (cols + U - 1) / U;
+    const int64_t base = row * cols + j * U;
+    const int64_t len = cols - j * U < U ? cols - j * U : U;
     const int64_t sidx = row * nb + j;
     const uint32_t key = mix32(c->seed_lo ^ mix32(c->seed_hi + (uint32_t)k * 0x9e3779b9u));
     const float b1 = c->b1, b2 = c->b2, b3 = c->b3, omb1 = c->omb1, omb2 = c->omb2, omb3 = c->omb3;
@@ -249,6 +258,11 @@ static inline __attribute__((always_inline)) void block_impl(
     default: PU_CASES(PD, FMT_INT8);                                                          \
     }
 
+/* The columns a unit of tensor k is cut from: its rows' under int8 state, else all of it. */
+static inline int64_t unit_cols(int32_t fmt, const int64_t *rows, const int64_t *cols, int64_t k) {
+    return fmt == FMT_INT8 ? cols[k] : rows[k] * cols[k];
+}
+
 static void run_block(const conf_t *c, int64_t k, int64_t row, int64_t j, int64_t cols, void *param,
                       const void *grad, void *mq, void *vq, void *nq, uint16_t *neg16, float *negf,
                       float *ms, float *vs, float *ns, void *comp, coef_t cf) {
@@ -275,13 +289,14 @@ int adan_fused_step_compact(int64_t n_tensors, int32_t pdtype, int32_t fmt, int3
     if (found_inf != 0.0 || n_tensors == 0) return 0;
 
     coef_t *coefs = (coef_t *)malloc((size_t)n_tensors * sizeof(coef_t));
-    int64_t *first_block = (int64_t *)malloc((size_t)(n_tensors + 1) * sizeof(int64_t));
-    if (!coefs || !first_block) {
+    int64_t *first_unit = (int64_t *)malloc((size_t)(n_tensors + 1) * sizeof(int64_t));
+    if (!coefs || !first_unit) {
         free(coefs);
-        free(first_block);
+        free(first_unit);
         return 2;
     }
-    first_block[0] = 0;
+    first_unit[0] = 0;
+    const int64_t unit = UNIT(fmt);
     int64_t total = 0;
     for (int64_t k = 0; k < n_tensors; ++k) {
         const adan_coef_t d = adan_step_coef(steps[k], lr, beta1, beta2, beta3);
@@ -289,7 +304,8 @@ int adan_fused_step_compact(int64_t n_tensors, int32_t pdtype, int32_t fmt, int3
         coefs[k].a2 = (float)d.a2;
         coefs[k].c3 = (float)d.c3;
         coefs[k].keep_diff = (float)d.keep_diff;
-        first_block[k + 1] = first_block[k] + rows[k] * ((cols[k] + BLOCK - 1) / BLOCK);
+        const int64_t unit_rows = fmt == FMT_INT8 ? rows[k] : 1;
+        first_unit[k + 1] = first_unit[k] + unit_rows * ((unit_cols(fmt, rows, cols, k) + unit - 1) / unit);
         total += rows[k] * cols[k];
     }
     conf_t c;
@@ -309,24 +325,24 @@ int adan_fused_step_compact(int64_t n_tensors, int32_t pdtype, int32_t fmt, int3
     c.seed_lo = (uint32_t)((uint64_t)seed[0] & 0xffffffffu);
     c.seed_hi = (uint32_t)((uint64_t)seed[0] >> 32);
     const int neg_is_f32 = fmt == FMT_F32;
-    const int64_t n_blocks = first_block[n_tensors];
+    const int64_t n_units = first_unit[n_tensors];
     const int64_t threads = adan_thread_count(total, n_threads);
 
 #pragma omp parallel for schedule(static) num_threads((int)threads) if (threads > 1)
-    for (int64_t b = 0; b < n_blocks; ++b) {
-        int64_t lo = 0, hi = n_tensors; /* the tensor holding block b */
+    for (int64_t b = 0; b < n_units; ++b) {
+        int64_t lo = 0, hi = n_tensors; /* the tensor holding unit b */
         while (hi - lo > 1) {
             const int64_t mid = (lo + hi) / 2;
-            if (first_block[mid] <= b) lo = mid; else hi = mid;
+            if (first_unit[mid] <= b) lo = mid; else hi = mid;
         }
-        const int64_t k = lo, jb = b - first_block[k], nb = (cols[k] + BLOCK - 1) / BLOCK;
-        run_block(&c, k, jb / nb, jb % nb, cols[k], params[k], grads[k], exp_avgs[k], exp_avg_diffs[k],
+        const int64_t k = lo, jb = b - first_unit[k], kc = unit_cols(fmt, rows, cols, k), nb = (kc + unit - 1) / unit;
+        run_block(&c, k, jb / nb, jb % nb, kc, params[k], grads[k], exp_avgs[k], exp_avg_diffs[k],
                   exp_avg_sqs[k], neg_is_f32 ? NULL : (uint16_t *)neg_pre_grads[k],
                   neg_is_f32 ? (float *)neg_pre_grads[k] : NULL, fmt == FMT_INT8 ? m_scales[k] : NULL,
                   fmt == FMT_INT8 ? v_scales[k] : NULL, fmt == FMT_INT8 ? n_scales[k] : NULL,
                   comps ? comps[k] : NULL, coefs[k]);
     }
     free(coefs);
-    free(first_block);
+    free(first_unit);
     return 0;
 }
