@@ -169,7 +169,7 @@ static inline __attribute__((always_inline)) void block_impl(
      * one pass; encode with the maxima in a second. Non-finite values are left out of the
      * maxima (see FINITE): x * 0 is NaN for NaN and inf, so the probe's sum is NaN iff any
      * value is, and the rare such block takes the maxima again over its finite values. */
-    float m[BLOCK], v[BLOCK], n[BLOCK];
+    float m[BLOCK], v[BLOCK], n[BLOCK], rn[BLOCK]; /* rn: sqrt(n), from the update */
     float amax_m = 0.0f, amax_v = 0.0f, max_n = 0.0f, probe = 0.0f;
     {
         const int8_t *mc = (const int8_t *)mq + base, *vc = (const int8_t *)vq + base;
@@ -190,6 +190,7 @@ static inline __attribute__((always_inline)) void block_impl(
             m[i] = mi;
             v[i] = vi;
             n[i] = ni;
+            rn[i] = root_n;
             amax_m = fabsf(mi) > amax_m ? fabsf(mi) : amax_m;
             amax_v = fabsf(vi) > amax_v ? fabsf(vi) : amax_v;
             max_n = ni > max_n ? ni : max_n;
@@ -215,7 +216,7 @@ static inline __attribute__((always_inline)) void block_impl(
     int8_t *mc = (int8_t *)mq + base, *vc = (int8_t *)vq + base;
     uint8_t *nc = (uint8_t *)nq + base;
     const float im = amax_m > 0.0f ? 1.0f / amax_m : 0.0f, iv = amax_v > 0.0f ? 1.0f / amax_v : 0.0f,
-                in = max_n > 0.0f ? 1.0f / max_n : 0.0f;
+                in = max_n > 0.0f ? 1.0f / sqrtf(max_n) : 0.0f; /* n's code: sqrt(sqrt(n) / sqrt(max_n)) */
     ms[sidx] = amax_m;
     vs[sidx] = amax_v;
     ns[sidx] = max_n;
@@ -223,7 +224,7 @@ static inline __attribute__((always_inline)) void block_impl(
         for (int64_t i = 0; i < len; ++i) {
             const float qm = floorf(sqrtf(fabsf(m[i]) * im) * 127.0f + 0.5f);
             const float qv = floorf(sqrtf(fabsf(v[i]) * iv) * 127.0f + 0.5f);
-            float qn = floorf(sqrtf(sqrtf(n[i] * in)) * 255.0f + 0.5f);
+            float qn = floorf(sqrtf(rn[i] * in) * 255.0f + 0.5f);
             qn = n[i] > 0.0f && qn < 1.0f ? 1.0f : qn;
             mc[i] = (int8_t)(m[i] < 0.0f ? -qm : qm);
             vc[i] = (int8_t)(v[i] < 0.0f ? -qv : qv);
@@ -236,7 +237,7 @@ static inline __attribute__((always_inline)) void block_impl(
              * say NaN). Written as float selects, the loop stays vectorised. */
             const float qm = floorf(sqrtf(fabsf(m[i]) * im) * 127.0f + 0.5f);
             const float qv = floorf(sqrtf(fabsf(v[i]) * iv) * 127.0f + 0.5f);
-            float qn = floorf(sqrtf(sqrtf(n[i] * in)) * 255.0f + 0.5f);
+            float qn = floorf(sqrtf(rn[i] * in) * 255.0f + 0.5f);
             mc[i] = (int8_t)(qm <= 127.0f && qn <= 255.0f ? (m[i] < 0.0f ? -qm : qm) : (float)NONFINITE_CODE);
             vc[i] = (int8_t)(qv <= 127.0f ? (v[i] < 0.0f ? -qv : qv) : (float)NONFINITE_CODE);
             nc[i] = (uint8_t)(qn <= 255.0f ? (n[i] > 0.0f && qn < 1.0f ? 1.0f : qn) : 0.0f);

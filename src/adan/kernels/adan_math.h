@@ -41,8 +41,8 @@ static inline adan_coef_t adan_step_coef(float *step, double lr, double beta1, d
 static inline double adan_pre(double lr, double weight_decay, int no_prox) { return no_prox ? 1.0 - lr * weight_decay : 1.0; }
 static inline double adan_post(double lr, double weight_decay, int no_prox) { return no_prox ? 1.0 : 1.0 / (1.0 + lr * weight_decay); }
 
-/* The element update. Declares d, mi, vi, ni (the new moments) and pi (the new parameter)
- * of type T in the enclosing scope, from g, prev, the old m, v, n and p; the scalars b1,
+/* The element update. Declares d, mi, vi, ni (the new moments), root_n (sqrt(ni), which the
+ * int8 encoder reuses) and pi (the new parameter) of type T in the enclosing scope, from g, prev, the old m, v, n and p; the scalars b1,
  * b2, b3, omb1 (1 - b1), omb2, omb3, a1, a2, c3, keep, eps, pre and post must be in scope. */
 #define ADAN_ELEMENT(T, SQRT, g, prev, m_old, v_old, n_old, p_old)        \
     const T d = ((g) + (prev)) * keep;                                    \
@@ -50,7 +50,8 @@ static inline double adan_post(double lr, double weight_decay, int no_prox) { re
     const T vi = b2 * (v_old) + omb2 * d;                                 \
     const T u_ = (g) + b2 * d;                                            \
     const T ni = b3 * (n_old) + omb3 * (u_ * u_);                         \
-    const T denom_ = SQRT(ni) * c3 + eps;                                 \
+    const T root_n = SQRT(ni);                                            \
+    const T denom_ = root_n * c3 + eps;                                   \
     const T pi = ((p_old) * pre - (a1 * mi + a2 * vi) / denom_) * post
 
 #endif

@@ -126,10 +126,10 @@ def _compact_block(
         tl.store(ns_ptr + tile, an)
         im = tl.where(am > 0, 1.0 / am, 0.0)
         iv = tl.where(av > 0, 1.0 / av, 0.0)
-        inn = tl.where(an > 0, 1.0 / an, 0.0)
+        inn = tl.where(an > 0, 1.0 / tl.sqrt(an), 0.0)  # n's code from sqrt(n) / sqrt(max): as the CPU kernel
         cm = tl.floor(tl.sqrt(tl.abs(m) * im) * 127.0 + 0.5)
         cv = tl.floor(tl.sqrt(tl.abs(v) * iv) * 127.0 + 0.5)
-        cn = tl.floor(tl.sqrt(tl.sqrt(n * inn)) * 255.0 + 0.5)
+        cn = tl.floor(tl.sqrt(tl.sqrt(n) * inn) * 255.0 + 0.5)
         cn = tl.where((n > 0) & (cn < 1.0), 1.0, cn)
         tl.store(m_ptr + offs, tl.where(okm, tl.where(m < 0, -cm, cm), _NONFINITE).to(tl.int8), mask=mask)
         tl.store(v_ptr + offs, tl.where(okv, tl.where(v < 0, -cv, cv), _NONFINITE).to(tl.int8), mask=mask)
