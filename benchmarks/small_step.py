@@ -5,7 +5,7 @@
 1000 tensors of 1000 float32 elements, one thread; the two optimizers' steps are
 interleaved one by one and the median of each is printed with their ratio. Adan is built
 with ``fused=True``, or with ``--default`` as users build it (``fused=None``: the path is
-chosen at every step). Made for
+chosen at the first step, and kept). Made for
 before/after checks of Python-side changes on a noisy machine: run it alternately against
 two checkouts (``PYTHONPATH=<checkout>/src``), several rounds, and compare the ratios.
 """
