@@ -438,3 +438,37 @@ def test_triton_compact_one_launch_per_bucket_equals_a_launch_per_tensor():
         assert same, fmt
         assert err < 2e-2, (fmt, err)
         assert steps == [3.0] * len(steps), (fmt, steps)
+
+
+@pytest.mark.parametrize("state_dtype", ["bfloat16", "int8"])
+def test_compact_state_of_several_parameter_dtypes_takes_a_kernel_call_each(state_dtype):
+    """A group mixing float32 and bfloat16 parameters, with compact state: the fused step
+    calls the compact kernel once per parameter dtype (a single call would read one dtype for
+    all), bit for bit as two optimizers of one dtype each that draw their rounding seeds from
+    one generator in the same order (float32 first, as the group lists it first)."""
+    torch.manual_seed(0)
+    shapes = [(64, 80), (5000,), (70, 90)]
+    f32 = [torch.randn(s) for s in shapes]
+    b16 = [torch.randn(s).bfloat16() for s in shapes]
+    mixed = [t.clone().requires_grad_() for pair in zip(f32, b16) for t in pair]  # float32, bfloat16, float32, ...
+    alone = {torch.float32: [t.clone().requires_grad_() for t in f32], torch.bfloat16: [t.clone().requires_grad_() for t in b16]}
+    kw = dict(lr=1e-2, weight_decay=0.02, state_dtype=state_dtype, fused=True)
+    opt = Adan(mixed, **kw)
+    opts = {dtype: Adan(ps, **kw) for dtype, ps in alone.items()}
+    opts[torch.bfloat16]._generators = opts[torch.float32]._generators  # one stream of seeds
+    g = torch.Generator().manual_seed(1)
+    for _ in range(3):
+        for i, (pf, pb) in enumerate(zip(*alone.values())):
+            pf.grad = torch.randn(pf.shape, generator=g)
+            pb.grad = torch.randn(pb.shape, generator=g).bfloat16()
+            mixed[2 * i].grad, mixed[2 * i + 1].grad = pf.grad.clone(), pb.grad.clone()
+        opt.step()
+        for o in opts.values():
+            o.step()
+    apart = [q for pair in zip(*alone.values()) for q in pair]
+    for p, q in zip(mixed, apart):
+        theirs = opts[q.dtype].state[q]
+        assert theirs["exp_avg"].dtype == (torch.int8 if state_dtype == "int8" else torch.bfloat16)
+        assert torch.equal(p, q)
+        assert opt.state[p].keys() == theirs.keys()
+        assert all(torch.equal(value, theirs[key]) for key, value in opt.state[p].items())

@@ -522,6 +522,41 @@ def test_state_on_another_device_or_of_another_dtype_raises_and_changes_nothing(
 
 
 @pytest.mark.skipif(not CPU_FUSED, reason="no C compiler")
+@pytest.mark.parametrize("state_dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("fault", ["dtype", "device"])
+def test_a_kernel_call_refuses_parameters_of_several_dtypes_or_devices(state_dtype, fault):
+    """The launchers (and the custom ops that call them) take any lists; the optimizer
+    groups parameters by device and dtype before it calls them. A kernel reads every
+    parameter in the first one's dtype, on its device: a bfloat16 parameter after a float32
+    one was written past its end (the heap was corrupted when a test forced the grouping
+    off), and a parameter elsewhere than its state was written through a foreign pointer.
+    Both must be refused, with nothing written."""
+    from adan import _fused
+    from adan._lists import TensorLists
+    from adan._maths import HParams
+    from adan.kernels import cpu
+
+    other = torch.randn(64, 300).to(torch.bfloat16) if fault == "dtype" else torch.empty(64, 300, device="meta")
+    params = [torch.randn(64, 300), other]
+    shape = params[0].shape
+    sdtype = torch.float32 if state_dtype == "float32" else torch.bfloat16
+    state = [[torch.zeros(shape, dtype=sdtype) for _ in params] for _ in range(4)]  # m, v, n, g' (all on the CPU)
+    grads = [torch.randn(shape).to(p.dtype) for p in params]
+    steps = [torch.zeros((), dtype=torch.float32) for _ in params]
+    lists = TensorLists(params, grads, *state, steps)
+    scalars = _fused.scalars_of(1e-2, None, False, None, None, torch.device("cpu"))
+    hp = HParams(0.98, 0.92, 0.99, 1e-8, 0.0, False)
+    before = params[0].clone()
+    error, match = (TypeError, "parameters of several dtypes") if fault == "dtype" else (ValueError, "several devices")
+    with pytest.raises(error, match=match):
+        if state_dtype == "float32":
+            cpu.launch_full(lists, scalars, hp)
+        else:
+            cpu.launch_compact(lists, "nearest", scalars, hp)
+    assert torch.equal(params[0], before) and all(s == 0 for s in steps)
+
+
+@pytest.mark.skipif(not CPU_FUSED, reason="no C compiler")
 @pytest.mark.parametrize("state_dtype", ["float32", "bfloat16", "int8"])
 def test_cached_pointer_tables_follow_every_change_of_layout(state_dtype):
     """The fused CPU launchers reuse a layout's pointer tables while every pointer and shape

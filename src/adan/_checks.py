@@ -106,11 +106,25 @@ def check_uniform_dtypes(named_lists: Iterable[tuple[str, Optional[Sequence[Opti
             raise TypeError(f"fused Adan: the {name!r} buffers of one bucket mix dtypes {sorted(map(str, dtypes))}")
 
 
+def check_one_kind(params: Sequence[Tensor]) -> None:
+    """Raise unless the parameters of one kernel call share one device (``ValueError``) and
+    one dtype (``TypeError``): the kernel reads every parameter in the first one's dtype, so a
+    narrower one would be written past its end. The optimizer groups them so; this guards the
+    launchers and the custom ops, which take any lists."""
+    devices = {p.device for p in params}
+    if len(devices) > 1:
+        raise ValueError(f"fused Adan: one kernel call got parameters on several devices ({', '.join(sorted(map(str, devices)))})")
+    dtypes = {p.dtype for p in params}
+    if len(dtypes) > 1:
+        raise TypeError(f"fused Adan: one kernel call got parameters of several dtypes {sorted(map(str, dtypes))}")
+
+
 def check_bucket(lists: Any, comps: Optional[Sequence[Optional[Tensor]]] = None, scale_shape: Any = None) -> None:
     """The full check of one kernel bucket (a ``TensorLists``) before its data pointers go
     into a table: every buffer (and int8 scale triple) shaped like its parameter, on the
     parameters' device and of one dtype per list, and float32 step counts. Run by the fused
     launchers, C and Triton, for each new memory layout."""
+    check_one_kind(lists.params)
     check_state_shapes(lists.params, named_buffers(lists, comps), lists.state_scales, scale_shape)
     scales = [t for triple in lists.state_scales or () if triple is not None for t in triple]
     named = (*named_buffers(lists, comps), ("scale", scales), ("step", lists.state_steps))

@@ -116,13 +116,18 @@ def sequence(launches: list[Launch]) -> Launch:
     return launches[0] if len(launches) == 1 else launch_all
 
 
+def _one_bucket(params: list[Tensor]) -> bool:
+    """Whether ``params`` share one device and one dtype, read without a device object per
+    tensor: the common case, which skips the grouping."""
+    return len({p.dtype for p in params}) == 1 and (
+        all(map(_is_cpu, params)) or (all(map(_is_cuda, params)) and len(set(map(Tensor.get_device, params))) == 1)
+    )
+
+
 def _prepare_full(lists: TensorLists, scalars: Tensor, hp: HParams) -> Launch:
     """One launch per (device, parameter dtype) bucket, by the device's backend."""
     params = lists.params
-    if len({p.dtype for p in params}) == 1 and (
-        all(map(_is_cpu, params))
-        or (all(map(_is_cuda, params)) and len(set(map(Tensor.get_device, params))) == 1)
-    ):
+    if _one_bucket(params):
         buckets = [(lists, params[0].device)]  # the common case: one device, one dtype, no grouping costs
     else:
         grouped = torch._C._group_tensors_by_device_and_dtype(list(lists.dense), False)
@@ -231,17 +236,17 @@ def fused_compact(
     compact-kernel call per (device, parameter dtype, state format); under
     ``torch.compile`` each is the custom op."""
     params, exp_avgs = lists.params, lists.exp_avgs
-    buckets: dict[tuple, list[int]] = {}
-    for i, (p, m) in enumerate(zip(params, exp_avgs)):  # (get_device and is_cuda: no device object per tensor)
-        buckets.setdefault((p.get_device(), p.is_cpu, p.is_cuda, p.dtype, m.dtype), []).append(i)
+    # (dynamo traces no module-level getter: a traced step takes the general grouping)
+    if not torch.compiler.is_compiling() and _one_bucket(params) and len({m.dtype for m in exp_avgs}) == 1:
+        parts = [lists]  # the common case (a key per tensor took about 1 ms a step with a thousand)
+    else:
+        buckets: dict[tuple, set[int]] = {}
+        for i, (p, m) in enumerate(zip(params, exp_avgs)):  # (get_device and is_cuda: no device object per tensor)
+            buckets.setdefault((p.get_device(), p.is_cpu, p.is_cuda, p.dtype, m.dtype), set()).add(i)
+        parts = [lists.select([i in keep for i in range(len(params))]) for keep in buckets.values()]
     launches = []
-    for idx in buckets.values():
-        device = params[idx[0]].device
-        if len(buckets) == 1:
-            part = lists
-        else:
-            keep = set(idx)
-            part = lists.select([i in keep for i in range(len(params))])
+    for part in parts:
+        device = part.params[0].device
         if torch.compiler.is_compiling():
             args = (*part.dense, *_compact_op_args(part, param_update), param_update, scalars.to(device), *hp)
             launches.append(lambda args=args: torch.ops.adan.fused_adan_compact_(*args))
