@@ -4,8 +4,9 @@
  * a unit is a block: every tensor is viewed as rows x cols and cut into blocks of up to BLOCK
  * consecutive columns of a row (src/adan/_compact.py documents the layout and the code maps).
  * The other formats update every element alike, so a unit is a span of up to SPAN
- * consecutive elements (a tensor is one row). Each unit is one vectorised pass that decodes the state to float32, updates it and encodes it back (two
- * for int8 state, whose codes need the block's new maxima):
+ * consecutive elements (a tensor is one row). Each unit is one vectorised pass that decodes
+ * the state to float32, updates it and encodes it back (two for int8 state, whose codes need
+ * the block's new maxima):
  *
  *   fmt 0  float32 state      stored as is
  *   fmt 1  bfloat16 state     m, v, n and -g_prev stochastically rounded to bfloat16
@@ -110,9 +111,9 @@ typedef struct {
 #define UNIT(fmt) ((fmt) == FMT_INT8 ? BLOCK : SPAN)
 
 /* One unit: columns [j UNIT, (j + 1) UNIT) of row `row` of a rows x cols tensor (see
- * unit_cols). pdtype, fmt and pu are compile-time constants in every call (see run_block):
+ * unit_cols). pdtype, fmt and pu are compile-time constants in every call (see run_unit):
  * the compiler specialises each combination and vectorises its loops. */
-static inline __attribute__((always_inline)) void block_impl(
+static inline __attribute__((always_inline)) void unit_impl(
     const int32_t pdtype, const int32_t fmt, const int32_t pu, const conf_t *c, int64_t k, int64_t row,
     int64_t j, int64_t cols, void *param, const void *grad, void *mq, void *vq, void *nq, uint16_t *neg16,
     float *negf, float *ms, float *vs, float *ns, void *comp, coef_t cf) {
@@ -131,7 +132,7 @@ static inline __attribute__((always_inline)) void block_impl(
      * buffer's rounding is unbiased, as its 16 bits are uniform; the buffers of one element
      * share them). The hash of 2 e + 1 serves int8 state's previous gradient and
      * stochastically rounded parameters. */
-    if (fmt == FMT_BF16) { /* one vectorised pass per block: decode, update, round, store */
+    if (fmt == FMT_BF16) { /* one vectorised pass per span: decode, update, round, store */
         uint16_t *mb = (uint16_t *)mq + base, *vb = (uint16_t *)vq + base, *nb16 = (uint16_t *)nq + base;
 #pragma omp simd
         for (int64_t i = 0; i < len; ++i) {
@@ -245,12 +246,12 @@ static inline __attribute__((always_inline)) void block_impl(
     }
 }
 
-#define BLOCK_ARGS c, k, row, j, cols, param, grad, mq, vq, nq, neg16, negf, ms, vs, ns, comp, cf
+#define UNIT_ARGS c, k, row, j, cols, param, grad, mq, vq, nq, neg16, negf, ms, vs, ns, comp, cf
 #define PU_CASES(PD, F)                                                                       \
     switch (c->param_update) {                                                                \
-    case PU_NEAREST: block_impl(PD, F, PU_NEAREST, BLOCK_ARGS); return;                        \
-    case PU_STOCHASTIC: block_impl(PD, F, PU_STOCHASTIC, BLOCK_ARGS); return;                  \
-    default: block_impl(PD, F, PU_KAHAN, BLOCK_ARGS); return;                                  \
+    case PU_NEAREST: unit_impl(PD, F, PU_NEAREST, UNIT_ARGS); return;                          \
+    case PU_STOCHASTIC: unit_impl(PD, F, PU_STOCHASTIC, UNIT_ARGS); return;                    \
+    default: unit_impl(PD, F, PU_KAHAN, UNIT_ARGS); return;                                    \
     }
 #define FMT_CASES(PD)                                                                         \
     switch (c->fmt) {                                                                         \
@@ -264,7 +265,7 @@ static inline int64_t unit_cols(int32_t fmt, const int64_t *rows, const int64_t 
     return fmt == FMT_INT8 ? cols[k] : rows[k] * cols[k];
 }
 
-static void run_block(const conf_t *c, int64_t k, int64_t row, int64_t j, int64_t cols, void *param,
+static void run_unit(const conf_t *c, int64_t k, int64_t row, int64_t j, int64_t cols, void *param,
                       const void *grad, void *mq, void *vq, void *nq, uint16_t *neg16, float *negf,
                       float *ms, float *vs, float *ns, void *comp, coef_t cf) {
     switch (c->pdtype) {
@@ -337,7 +338,7 @@ int adan_fused_step_compact(int64_t n_tensors, int32_t pdtype, int32_t fmt, int3
             if (first_unit[mid] <= b) lo = mid; else hi = mid;
         }
         const int64_t k = lo, jb = b - first_unit[k], kc = unit_cols(fmt, rows, cols, k), nb = (kc + unit - 1) / unit;
-        run_block(&c, k, jb / nb, jb % nb, kc, params[k], grads[k], exp_avgs[k], exp_avg_diffs[k],
+        run_unit(&c, k, jb / nb, jb % nb, kc, params[k], grads[k], exp_avgs[k], exp_avg_diffs[k],
                   exp_avg_sqs[k], neg_is_f32 ? NULL : (uint16_t *)neg_pre_grads[k],
                   neg_is_f32 ? (float *)neg_pre_grads[k] : NULL, fmt == FMT_INT8 ? m_scales[k] : NULL,
                   fmt == FMT_INT8 ? v_scales[k] : NULL, fmt == FMT_INT8 ? n_scales[k] : NULL,
