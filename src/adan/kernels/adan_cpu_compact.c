@@ -44,8 +44,9 @@
 #include "parallel_slices.h"
 
 #define BLOCK ADAN_BLOCK /* values per int8 scale, from adan/_codes.py */
-/* Elements per unit of the formats without blocks. Units of BLOCK elements left the bfloat16
- * step 4-6% slower at one thread, their dispatch costing that much (docs/benchmarks.md). */
+/* Elements per unit of the formats without blocks. With units of BLOCK elements the bfloat16
+ * step took about 4% longer at one thread (median of four pairs, docs/benchmarks.md): each
+ * unit pays a tensor search, a dispatch and two hashes. */
 #define SPAN 4096
 #define NONFINITE_CODE ADAN_NONFINITE_CODE /* m, v codes run over [-127, 127]; this one marks NaN/inf */
 #define FINITE(x) (fabsf(x) <= 3.402823466e38f) /* false for NaN and +-inf, branch-free */

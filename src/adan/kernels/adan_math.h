@@ -42,8 +42,9 @@ static inline double adan_pre(double lr, double weight_decay, int no_prox) { ret
 static inline double adan_post(double lr, double weight_decay, int no_prox) { return no_prox ? 1.0 : 1.0 / (1.0 + lr * weight_decay); }
 
 /* The element update. Declares d, mi, vi, ni (the new moments), root_n (sqrt(ni), which the
- * int8 encoder reuses) and pi (the new parameter) of type T in the enclosing scope, from g, prev, the old m, v, n and p; the scalars b1,
- * b2, b3, omb1 (1 - b1), omb2, omb3, a1, a2, c3, keep, eps, pre and post must be in scope. */
+ * int8 encoder reuses) and pi (the new parameter) of type T in the enclosing scope, from g,
+ * prev, the old m, v, n and p; the scalars b1, b2, b3, omb1 (1 - b1), omb2, omb3, a1, a2, c3,
+ * keep, eps, pre and post must be in scope. */
 #define ADAN_ELEMENT(T, SQRT, g, prev, m_old, v_old, n_old, p_old)        \
     const T d = ((g) + (prev)) * keep;                                    \
     const T mi = b1 * (m_old) + omb1 * (g);                               \
