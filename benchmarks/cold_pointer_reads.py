@@ -8,11 +8,14 @@ medians (40 rounds) of the reads every fused step makes whatever else it skips: 
 parameters' pointers; every pointer (parameters and the five state slots); every pointer
 and size (:func:`adan._checks.layout_of`, what the layout cache compares), cold and warm;
 the gradients (fetched, checked of their parameters' sizes, contiguous and of one dtype,
-their pointers); and a whole fused step.
+their pointers); what replaces all of those where the C++ host helper is built (its
+``pack``: every tensor checked and its pointer read, gradients included); and a whole
+fused step (which takes the helper where it is built).
 """
 
 import statistics
 import time
+from array import array
 from itertools import chain
 from operator import attrgetter
 
@@ -20,6 +23,8 @@ import torch
 
 import adan
 from adan._checks import layout_of
+from adan._codes import BLOCK
+from adan.kernels.cpu import host_helper
 
 torch.set_num_threads(1)
 g = torch.Generator().manual_seed(0)
@@ -32,6 +37,13 @@ for _ in range(3):
 states = [opt.state[p] for p in params]
 slots = [params] + [[s[k] for s in states] for k in ("exp_avg", "exp_avg_diff", "exp_avg_sq", "neg_pre_grad", "step")]
 big = torch.randn(8_000_000)
+host = host_helper()
+grad_list = list(map(attrgetter("grad"), params))
+table = array("q", [0]) * (10 * len(params))
+
+
+def pack() -> None:
+    assert host.pack(params, grad_list, tuple(slots[1:5]), (), slots[5], BLOCK, table.buffer_info()[0])
 
 
 def grads() -> None:
@@ -46,6 +58,7 @@ reads = {
     "every pointer": lambda: list(map(torch.Tensor.data_ptr, chain.from_iterable(slots))),
     "every pointer and size (layout_of)": lambda: layout_of(slots),
     "gradients": grads,
+    **({"the host helper (pack)": pack} if host is not None else {}),
     "fused step": opt.step,
 }
 times: dict[str, list[float]] = {name: [] for name in [*reads, "every pointer and size, warm"]}

@@ -1,7 +1,12 @@
-"""Build and load the small C kernels at first use, cached per source and machine.
+"""Build and load the small C kernels, and the C++ host helper, at first use, cached per
+source and machine.
 
 The kernels are plain C (no torch headers), so building one takes a second with the
-system compiler and never pulls torch into a build environment. The shared library is
+system compiler and never pulls torch into a build environment. The host helper
+(``kernels/adan_host.cpp``, :func:`load_extension`) is a Python extension module built
+against the installed torch's headers, in about ten seconds once per machine and torch
+version; the CPU launchers work without it, more slowly (see :mod:`adan.kernels.cpu`). A
+shared library is
 cached under ``$ADAN_CACHE_DIR`` (default ``~/.cache/adan``), keyed by a hash of the
 source, the flags, the compiler and the CPU (``-march=native`` resolves to a different
 target on another CPU, so a cache shared between machines, e.g. an NFS home, keeps one
@@ -15,19 +20,24 @@ from __future__ import annotations
 import ctypes
 import functools
 import hashlib
+import importlib.machinery
+import importlib.util
 import json
 import os
 import platform
 import shutil
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import threading
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 from adan._codes import c_defines
 
-__all__ = ["BuildError", "load_library", "cache_dir"]
+__all__ = ["BuildError", "load_library", "load_extension", "cache_dir"]
 
 _FLAG_SETS = (  # tried in order: the first that compiles wins
     ["-O3", "-march=native", "-fopenmp"],
@@ -35,8 +45,9 @@ _FLAG_SETS = (  # tried in order: the first that compiles wins
     ["-O3"],  # no OpenMP (e.g. Apple clang): single-threaded
 )
 _COMMON = ["-std=gnu11", "-shared", "-fPIC", "-fno-math-errno", "-fno-trapping-math"]
+_CXX_FLAG_SETS = (["-O2", "-std=c++20"], ["-O2", "-std=c++17"])  # what the torch headers need, newest first
 _lock = threading.Lock()
-_loaded: dict[str, ctypes.CDLL] = {}
+_loaded: dict[str, Any] = {}
 
 
 class BuildError(RuntimeError):
@@ -50,10 +61,10 @@ def cache_dir() -> Path:
     return Path(root)
 
 
-def _compiler() -> str:
-    cc = os.environ.get("CC") or next((c for c in ("cc", "gcc", "clang") if shutil.which(c)), None)
+def _compiler(variable: str = "CC", names: tuple[str, ...] = ("cc", "gcc", "clang"), language: str = "C") -> str:
+    cc = os.environ.get(variable) or next((c for c in names if shutil.which(c)), None)
     if cc is None or shutil.which(cc.split()[0]) is None:
-        raise BuildError("no C compiler found (set CC, or install gcc or clang)")
+        raise BuildError(f"no {language} compiler found (set {variable}, or install {' or '.join(names[1:])})")
     return cc
 
 
@@ -131,7 +142,7 @@ def load_library(source: Path, include_dirs: tuple[Path, ...] = (KERNEL_DIR,)) -
             digest = hashlib.sha256(text + repr((flags, _COMMON, defines, ident, cpu)).encode()).hexdigest()[:16]
             target = cache_dir() / f"{source.stem}-{digest}.so"
             if not _verified(target):  # absent, truncated or corrupted: (re)build it
-                err = _compile(cc, source, target, [*flags, *includes, *defines])
+                err = _compile([*cc.split(), *flags, *includes, *defines, *_COMMON, str(source), "-lm"], target, source, flags)
                 if err:
                     errors.append(f"{' '.join(flags)}: {err}")
                     continue
@@ -155,19 +166,57 @@ def _write_atomic(path: Path, data: bytes) -> None:
             os.unlink(tmp)
 
 
-def _compile(cc: str, source: Path, target: Path, flags: list[str]) -> str | None:
-    """Compile to a temporary file, then put it and its size and checksum in place
-    atomically and durably; return an error text or None."""
+def load_extension(source: Path, name: str) -> ModuleType:
+    """Compile the C++ Python extension module ``name`` from ``source`` against the
+    installed torch (once per machine, torch and Python) and import it."""
+    source = Path(source)
+    with _lock:
+        key = f"{source}:{name}"
+        if key in _loaded:
+            return _loaded[key]
+        import torch  # (the extension is built for this torch: its headers, libraries and ABI)
+
+        cxx = _compiler("CXX", ("c++", "g++", "clang++"), "C++")
+        root = Path(torch.__file__).parent
+        lib_dir = root / "lib"
+        sysconfig_include = sysconfig.get_paths()["include"]
+        common = [
+            "-shared", "-fPIC", "-w", f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}",
+            f"-I{root / 'include'}", f"-I{sysconfig_include}", f"-L{lib_dir}", f"-Wl,-rpath,{lib_dir}",
+        ]  # fmt: skip
+        libs = ["-ltorch_python", "-ltorch_cpu", "-lc10"]
+        ident = "|".join([_compiler_id(cxx), platform.machine(), platform.system(), sys.version, torch.__version__,
+                          str(torch.version.git_version), str(root)])  # fmt: skip
+        errors = []
+        for flags in _CXX_FLAG_SETS:
+            digest = hashlib.sha256(source.read_bytes() + repr((flags, common, ident)).encode()).hexdigest()[:16]
+            target = cache_dir() / f"{source.stem}-{digest}.so"
+            if not _verified(target):
+                err = _compile([*cxx.split(), *flags, *common, str(source), *libs], target, source, flags)
+                if err:
+                    errors.append(f"{' '.join(flags)}: {err}")
+                    continue
+            loader = importlib.machinery.ExtensionFileLoader(name, str(target))
+            spec = importlib.util.spec_from_file_location(name, target, loader=loader)
+            module = importlib.util.module_from_spec(spec)
+            try:
+                loader.exec_module(module)
+            except ImportError as exc:
+                raise BuildError(f"{target.name} does not load: {exc}") from exc
+            _loaded[key] = module
+            return module
+        raise BuildError(f"could not compile {source.name}:\n" + "\n".join(errors))
+
+
+def _compile(command: list[str], target: Path, source: Path, flags: list[str]) -> str | None:
+    """Run the compiler ``command`` (which names no output) into a temporary file, then put
+    it and its size and checksum in place atomically and durably; return an error text or
+    None."""
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
     os.close(fd)
     try:
-        proc = subprocess.run(
-            [*cc.split(), *flags, *_COMMON, str(source), "-o", tmp, "-lm"],
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+        proc = subprocess.run([*command, "-o", tmp], capture_output=True, text=True, timeout=300)
         if proc.returncode != 0:
             return (proc.stderr or proc.stdout).strip()[-2000:]
         data = Path(tmp).read_bytes()

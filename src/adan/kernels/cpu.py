@@ -11,9 +11,11 @@ found_inf]`` itself, increments the counts and computes the bias corrections in 
 The kernels read every tensor as a flat array of its parameter's ``numel``, in the dtype of
 its list's first tensor, so memory safety rests on the checks here: contiguous parameters
 and gradients (gradients are made so), and state buffers of their parameter's shape, on its
-device, of one dtype per list. That is checked, and the tables of pointers built, once per
-memory layout (see :class:`adan._checks.LayoutCache`): each step reads every pointer and the
-parameters' shapes, and only an unchanged layout skips both.
+device, of one dtype per list. The C++ host helper (``adan_host.cpp``, built at first use
+against the installed torch) checks every tensor and writes the table at every step, in one
+call (:func:`_table`). Where it is not built, or refuses a bucket, the Python path does it:
+it reads every pointer and size each step and runs the full check once per memory layout
+(see :class:`adan._checks.LayoutCache`); it is also the path that raises the errors.
 """
 
 from __future__ import annotations
@@ -21,23 +23,25 @@ from __future__ import annotations
 import ctypes
 from array import array
 from pathlib import Path
-from typing import Callable, Optional
+from types import ModuleType
+from typing import Callable, NamedTuple, Optional
 
 import torch
 from torch import Tensor
 
 from adan._checks import LayoutCache, check_bucket, flat_grads, layout_of
 from adan._codes import ParamUpdate, dtype_code
-from adan._compact import block_layout, full_dtype, scale_shape
+from adan._compact import BLOCK, block_layout, full_dtype, scale_shape
 from adan._formats import format_of
 from adan._lists import TensorLists
 from adan._maths import HParams
-from adan._native import BuildError, load_library
+from adan._native import BuildError, load_extension, load_library
 
 __all__ = ["available", "unavailable_reason", "prepare_full", "prepare_compact", "launch_full", "launch_compact"]
 
 _KERNEL_SOURCE = Path(__file__).parent / "adan_cpu.c"
 _COMPACT_SOURCE = Path(__file__).parent / "adan_cpu_compact.c"
+_HOST_SOURCE = Path(__file__).parent / "adan_host.cpp"
 _DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 _COMPACT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _HPARAMS = [ctypes.c_double] * 5 + [ctypes.c_int32, ctypes.c_int32]  # b1, b2, b3, eps, wd, no_prox, threads
@@ -93,21 +97,84 @@ def _hparams(hp: HParams) -> tuple:
     return (hp.beta1, hp.beta2, hp.beta3, hp.eps, hp.weight_decay, int(hp.no_prox), torch.get_num_threads())
 
 
-# Reused per memory layout (see LayoutCache): the pointer tables of the full and compact launchers.
-_FULL_TABLES = LayoutCache()
-_COMPACT_TABLES = LayoutCache()
+def host_helper() -> Optional[ModuleType]:
+    """The C++ host helper (``adan_host.cpp``), built at first use, or ``None`` where it could
+    not be built (no C++ compiler, no torch or Python headers): the launchers then check and
+    read every tensor in Python (see :func:`_table`)."""
+    global _host, _host_error
+    if _host is None and _host_error is None:
+        try:
+            _host = load_extension(_HOST_SOURCE, "_adan_host")
+        except (BuildError, OSError) as exc:
+            _host_error = str(exc)
+    return _host
 
 
-def _addresses(table: array, n_slots: int) -> list[int]:
-    """The address of each slot's run of pointers in ``table`` (keep it alive while the kernel runs)."""
-    base, length = table.buffer_info()
-    stride = length // n_slots * table.itemsize
-    return [base + i * stride for i in range(n_slots)]
+_host: Optional[ModuleType] = None
+_host_error: Optional[str] = None
+# Reused per memory layout (see LayoutCache): the tables of the Python path, without the gradients.
+_TABLES = LayoutCache()
+
+
+class _Table(NamedTuple):
+    """One bucket's table for one kernel call: the address of each run of ``len(params)``
+    int64 entries (the pointers of the parameters, the gradients, each buffer list, each
+    scale list and the step counts; then the parameters' numel, rows and cols), and what
+    must stay alive while the kernel reads through them."""
+
+    runs: list[int]
+    alive: tuple
+
+
+def _runs(memory: array, count: int) -> list[int]:
+    """The addresses of the ``count`` equal runs of ``memory``."""
+    base, length = memory.buffer_info()
+    stride = length // count * memory.itemsize
+    return [base + i * stride for i in range(count)]
+
+
+def _table(
+    lists: TensorLists, buffers: tuple, scales: tuple, state_error: Callable[[], Optional[Exception]], comps=None
+) -> _Table:
+    """Check every tensor of a bucket and read its pointers, at every step: in one call of the
+    host helper where it is built and takes the bucket, else in Python. ``state_error()``
+    says what is wrong with the dtypes of the buffer lists' first tensors for this kernel
+    (the lists are of one dtype each). The Python path is the one that raises, naming the
+    problem, and that makes gradients of another dtype or layout flat; it reads every
+    pointer and size, and runs the full check (:func:`check_bucket`) only for a layout it
+    has not checked before (:class:`LayoutCache`)."""
+    params, grads, steps = lists.params, lists.grads, lists.state_steps
+    count = 6 + len(buffers) + len(scales)
+    host = host_helper()
+    if host is not None:
+        memory = array("q", bytes(8 * count * len(params)))
+        if (
+            host.pack(params, grads, buffers, scales, steps, BLOCK, memory.buffer_info()[0])
+            and steps[0].dtype == torch.float32
+            and state_error() is None
+        ):
+            return _Table(_runs(memory, count), (memory, lists))
+    grads = flat_grads(params, grads, params[0].dtype)
+    slots = [params, *buffers, *scales, steps]
+    pointers, extents = layout_of(slots)
+
+    def build() -> array:
+        check_bucket(lists._replace(grads=grads), comps, scale_shape)
+        error = state_error()
+        if error is not None:
+            raise error
+        layouts = [block_layout(p.shape) for p in params]
+        return array("q", [*pointers, *map(_numel, params), *(r for r, _ in layouts), *(c for _, c in layouts)])
+
+    memory = _TABLES.get(pointers, extents, build)
+    grad_run = array("q", map(_data_ptr, grads))
+    runs = _runs(memory, count - 1)
+    return _Table([runs[0], grad_run.buffer_info()[0], *runs[1:]], (memory, grad_run, lists, grads))
 
 
 def prepare_full(lists: TensorLists, scalars: Tensor, hp: HParams) -> Callable[[], None]:
     """Check a bucket of CPU tensors of one parameter dtype, full-precision state, and build
-    its tables; return the kernel call, which writes nothing before it runs."""
+    its table; return the kernel call, which writes nothing before it runs."""
     lib = _library()
     params = lists.params
     dtype = params[0].dtype
@@ -115,30 +182,23 @@ def prepare_full(lists: TensorLists, scalars: Tensor, hp: HParams) -> Callable[[
         raise TypeError(f"fused Adan supports float32, float64, bfloat16 and float16 parameters, not {dtype}")
     sdtype = full_dtype(dtype)
     # (int8 scales of a parameter that left its compact bucket are not this kernel's to read)
-    lists = lists._replace(grads=flat_grads(params, lists.grads, dtype), state_scales=None)
-    slots = [params, lists.exp_avgs, lists.exp_avg_diffs, lists.exp_avg_sqs, lists.neg_pre_grads, lists.state_steps]
-    pointers, extents = layout_of(slots)
+    lists = lists._replace(state_scales=None)
+    buffers = (lists.exp_avgs, lists.exp_avg_diffs, lists.exp_avg_sqs, lists.neg_pre_grads)
 
-    def build() -> tuple[array, array]:
-        # check_bucket: shapes, the CPU, one dtype per list, float32 steps; and that dtype is
-        # the one this kernel reads (Adan makes, and load_state_dict casts, state in it).
-        check_bucket(lists)
-        firsts = (lists.exp_avgs[0], lists.exp_avg_diffs[0], lists.exp_avg_sqs[0], lists.neg_pre_grads[0])
-        if any(t.dtype != sdtype for t in firsts):
-            raise TypeError(f"fused Adan: the state of {dtype} parameters must be {sdtype}")
-        return array("q", pointers), array("q", map(_numel, params))
+    def state_error() -> Optional[Exception]:  # (Adan makes, and load_state_dict casts, state in sdtype)
+        if any(b[0].dtype != sdtype for b in buffers):
+            return TypeError(f"fused Adan: the state of {dtype} parameters must be {sdtype}")
+        return None
 
-    table, sizes = _FULL_TABLES.get(pointers, extents, build)
-    p_, m_, v_, n_, neg_, steps_ = _addresses(table, len(slots))
-    grads = array("q", map(_data_ptr, lists.grads))
+    table = _table(lists, buffers, (), state_error)
+    p_, g_, m_, v_, n_, neg_, steps_, numels_, _, _ = table.runs
     scalars = scalars.contiguous()
 
     def launch() -> None:
-        _alive = (table, lists)  # (the closure keeps the memory the raw pointers name until the call)
+        _alive = table.alive  # (the closure keeps the memory the raw pointers name until the call)
         rc = lib.adan_fused_step(
-            len(params), dtype_code(dtype), sizes.buffer_info()[0], p_, grads.buffer_info()[0], m_, v_, n_, neg_,
-            steps_, scalars.data_ptr(), *_hparams(hp),
-        )  # fmt: skip
+            len(params), dtype_code(dtype), numels_, p_, g_, m_, v_, n_, neg_, steps_, scalars.data_ptr(), *_hparams(hp)
+        )
         if rc != 0:
             raise RuntimeError(f"fused Adan CPU kernel failed with code {rc}")
 
@@ -148,7 +208,7 @@ def prepare_full(lists: TensorLists, scalars: Tensor, hp: HParams) -> Callable[[
 def prepare_compact(
     lists: TensorLists, param_update: str, scalars: Tensor, hp: HParams, generator: Optional[torch.Generator] = None
 ) -> Callable[[], None]:
-    """Check CPU tensors of one parameter dtype and one state format and build their tables;
+    """Check CPU tensors of one parameter dtype and one state format and build their table;
     return the compact-kernel call (which draws the rounding seed), writing nothing before."""
     lib = _library()
     params = lists.params
@@ -156,39 +216,25 @@ def prepare_compact(
     if dtype not in _COMPACT_DTYPES:
         raise TypeError(f"fused Adan's compact formats support float32, bfloat16 and float16 parameters, not {dtype}")
     fmt = format_of(lists.exp_avgs[0])
-    lists = lists._replace(grads=flat_grads(params, lists.grads, dtype))
-    slots = [params, lists.exp_avgs, lists.exp_avg_diffs, lists.exp_avg_sqs, lists.neg_pre_grads]
-    if fmt.scale_keys:
-        slots += [[s[j] for s in lists.state_scales] for j in range(3)]
     comps = lists.param_comps if param_update == "kahan" and dtype != torch.float32 else None
-    if comps is not None:
-        slots.append(comps)
-    slots.append(lists.state_steps)
-    pointers, extents = layout_of(slots)
-
-    def build() -> tuple[array, array, array]:
-        check_bucket(lists, comps, scale_shape)
-        layouts = [block_layout(p.shape) for p in params]
-        return array("q", pointers), array("q", [r for r, _ in layouts]), array("q", [c for _, c in layouts])
-
-    table, rows, cols = _COMPACT_TABLES.get(pointers, extents, build)
-    at = iter(_addresses(table, len(slots)))
-    p_, m_, v_, n_, neg_ = (next(at) for _ in range(5))
-    scales = [next(at) for _ in range(3)] if fmt.scale_keys else [None] * 3
-    comps_ = next(at) if comps is not None else None
-    steps_ = next(at)
-    grads = array("q", map(_data_ptr, lists.grads))
+    buffers = (lists.exp_avgs, lists.exp_avg_diffs, lists.exp_avg_sqs, lists.neg_pre_grads)
+    buffers += (comps,) if comps is not None else ()
+    scales = tuple([s[j] for s in lists.state_scales] for j in range(3)) if fmt.scale_keys else ()
+    table = _table(lists, buffers, scales, lambda: None, comps)
+    p_, g_, m_, v_, n_, neg_, *rest = table.runs
+    comps_ = rest.pop(0) if comps is not None else None
+    scales_ = [rest.pop(0) for _ in range(3)] if scales else [None] * 3
+    steps_, _, rows_, cols_ = rest
     if generator is not None and generator.device.type != "cpu":
         generator = None
     scalars = scalars.contiguous()
 
     def launch() -> None:
-        _alive = (table, lists)  # (the closure keeps the memory the raw pointers name until the call)
+        _alive = table.alive  # (the closure keeps the memory the raw pointers name until the call)
         seed = torch.randint(-(2**63), 2**63 - 1, (1,), dtype=torch.int64, generator=generator)
         rc = lib.compact(
-            len(params), dtype_code(dtype), fmt.code, ParamUpdate[param_update.upper()], rows.buffer_info()[0],
-            cols.buffer_info()[0], p_, grads.buffer_info()[0], m_, v_, n_, neg_, *scales, comps_, steps_,
-            scalars.data_ptr(), seed.data_ptr(), *_hparams(hp),
+            len(params), dtype_code(dtype), fmt.code, ParamUpdate[param_update.upper()], rows_, cols_, p_, g_, m_, v_,
+            n_, neg_, *scales_, comps_, steps_, scalars.data_ptr(), seed.data_ptr(), *_hparams(hp),
         )  # fmt: skip
         if rc != 0:
             raise RuntimeError(f"fused Adan CPU compact kernel failed with code {rc}")
