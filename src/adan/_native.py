@@ -179,11 +179,13 @@ def load_extension(source: Path, name: str) -> ModuleType:
         cxx = _compiler("CXX", ("c++", "g++", "clang++"), "C++")
         root = Path(torch.__file__).parent
         lib_dir = root / "lib"
-        sysconfig_include = sysconfig.get_paths()["include"]
+        python_include = sysconfig.get_paths()["include"]
         common = [
             "-shared", "-fPIC", "-w", f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}",
-            f"-I{root / 'include'}", f"-I{sysconfig_include}", f"-L{lib_dir}", f"-Wl,-rpath,{lib_dir}",
+            f"-I{root / 'include'}", f"-I{python_include}", f"-L{lib_dir}", f"-Wl,-rpath,{lib_dir}",
         ]  # fmt: skip
+        if platform.system() == "Darwin":  # (Python's symbols resolve when the module loads, as setuptools links)
+            common += ["-undefined", "dynamic_lookup"]
         libs = ["-ltorch_python", "-ltorch_cpu", "-lc10"]
         ident = "|".join([_compiler_id(cxx), platform.machine(), platform.system(), sys.version, torch.__version__,
                           str(torch.version.git_version), str(root)])  # fmt: skip
