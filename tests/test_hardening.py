@@ -824,8 +824,8 @@ def test_host_helper_and_the_python_path_step_alike(monkeypatch, dtype, state_dt
 
 @pytest.mark.skipif(not CPU_FUSED, reason="no C compiler")
 def test_without_a_cxx_compiler_the_launchers_check_in_python(monkeypatch, tmp_path):
-    """The host helper is optional: where it cannot be built, the reason is kept and the
-    fused CPU steps take the Python path, with the same results."""
+    """The host helper is optional: where it cannot be built, or is switched off, the reason
+    is kept and the fused CPU steps take the Python path, with the same results."""
     from adan.kernels import cpu
 
     monkeypatch.setenv("ADAN_CACHE_DIR", str(tmp_path))
@@ -835,6 +835,9 @@ def test_without_a_cxx_compiler_the_launchers_check_in_python(monkeypatch, tmp_p
     monkeypatch.setattr(_native, "_loaded", {})
     assert cpu.host_helper() is None
     assert "no C++ compiler found" in cpu._host_error
+    monkeypatch.setattr(cpu, "_host_error", None)
+    monkeypatch.setenv("ADAN_HOST_HELPER", "0")  # switched off: not even tried
+    assert cpu.host_helper() is None and cpu._host_error == "switched off (ADAN_HOST_HELPER=0)"
     models = [_model(), _model()]
     opts = [Adan(models[0].parameters(), lr=1e-2, fused=True), Adan(models[1].parameters(), lr=1e-2, foreach=False)]
     for opt, model in zip(opts, models):

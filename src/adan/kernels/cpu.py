@@ -21,6 +21,7 @@ it reads every pointer and size each step and runs the full check once per memor
 from __future__ import annotations
 
 import ctypes
+import os
 from array import array
 from pathlib import Path
 from types import ModuleType
@@ -99,10 +100,14 @@ def _hparams(hp: HParams) -> tuple:
 
 def host_helper() -> Optional[ModuleType]:
     """The C++ host helper (``adan_host.cpp``), built at first use, or ``None`` where it could
-    not be built (no C++ compiler, no torch or Python headers): the launchers then check and
-    read every tensor in Python (see :func:`_table`)."""
+    not be built (no C++ compiler, no torch or Python headers) or is switched off
+    (``ADAN_HOST_HELPER=0`` when it is first asked for): the launchers then check and read
+    every tensor in Python (see :func:`_table`)."""
     global _host, _host_error
     if _host is None and _host_error is None:
+        if os.environ.get("ADAN_HOST_HELPER", "1") == "0":
+            _host_error = "switched off (ADAN_HOST_HELPER=0)"
+            return None
         try:
             _host = load_extension(_HOST_SOURCE, "_adan_host")
         except (BuildError, OSError) as exc:
