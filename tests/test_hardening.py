@@ -574,6 +574,29 @@ def test_a_kernel_call_refuses_parameters_of_several_dtypes_or_devices(state_dty
 
 
 @pytest.mark.skipif(not CPU_FUSED, reason="no C compiler")
+def test_a_layout_the_compact_kernel_took_is_checked_again_for_the_full_kernel(cpu_host):
+    """The two kernels read different dtypes: bfloat16 state is the compact kernel's, and the
+    full kernel would read it as float32, past its end. A layout the compact launcher checked
+    (and, on the Python path, cached) must not pass for the full launcher."""
+    from adan import _fused
+    from adan._lists import TensorLists
+    from adan._maths import HParams
+    from adan.kernels import cpu
+
+    params = [torch.randn(64, 300).to(torch.bfloat16)]
+    state = [[torch.zeros(64, 300, dtype=torch.bfloat16)] for _ in range(4)]
+    steps = [torch.zeros((), dtype=torch.float32)]
+    lists = TensorLists(params, [torch.randn(64, 300).to(torch.bfloat16)], *state, steps)
+    scalars = _fused.scalars_of(1e-2, None, False, None, None, torch.device("cpu"))
+    hp = HParams(0.98, 0.92, 0.99, 1e-8, 0.0, False)
+    cpu.launch_compact(lists, "nearest", scalars, hp)
+    before = params[0].clone()
+    with pytest.raises(TypeError, match="the state of torch.bfloat16 parameters must be torch.float32"):
+        cpu.launch_full(lists, scalars, hp)
+    assert torch.equal(params[0], before) and steps[0] == 1
+
+
+@pytest.mark.skipif(not CPU_FUSED, reason="no C compiler")
 @pytest.mark.parametrize("state_dtype", ["float32", "bfloat16", "int8"])
 def test_cached_pointer_tables_follow_every_change_of_layout(state_dtype, cpu_host):
     """The fused CPU launchers reuse a layout's pointer tables while every pointer and shape
@@ -807,13 +830,14 @@ def test_host_helper_and_the_python_path_step_alike(monkeypatch, dtype, state_dt
         for way, (opt, ps) in zip(["helper", "python"], zip(opts, params)):
             for p, g in zip(ps, grads):
                 p.grad = g.clone()
-            tables = LayoutCache()
+            tables = [LayoutCache(), LayoutCache()]
             with monkeypatch.context() as m:
-                m.setattr(cpu, "_TABLES", tables)
+                m.setattr(cpu, "_FULL_TABLES", tables[0])
+                m.setattr(cpu, "_COMPACT_TABLES", tables[1])
                 if way == "python":
                     m.setattr(cpu, "host_helper", lambda: None)
                 opt.step()
-            assert bool(tables.entries) == (way == "python")
+            assert any(t.entries for t in tables) == (way == "python")
     for a, b in zip(*params):
         assert torch.equal(a, b)
     for a, b in zip(*params):

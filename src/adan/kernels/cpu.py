@@ -117,8 +117,10 @@ def host_helper() -> Optional[ModuleType]:
 
 _host: Optional[ModuleType] = None
 _host_error: Optional[str] = None
-# Reused per memory layout (see LayoutCache): the tables of the Python path, without the gradients.
-_TABLES = LayoutCache()
+# Reused per memory layout (see LayoutCache): the Python path's tables, without the gradients,
+# one cache per kernel (a layout checked for one kernel's dtypes is not checked for the other's).
+_FULL_TABLES = LayoutCache()
+_COMPACT_TABLES = LayoutCache()
 
 
 class _Table(NamedTuple):
@@ -139,7 +141,12 @@ def _runs(memory: array, count: int) -> list[int]:
 
 
 def _table(
-    lists: TensorLists, buffers: tuple, scales: tuple, state_error: Callable[[], Optional[Exception]], comps=None
+    lists: TensorLists,
+    buffers: tuple,
+    scales: tuple,
+    state_error: Callable[[], Optional[Exception]],
+    cache: LayoutCache,
+    comps: Optional[list] = None,
 ) -> _Table:
     """Check every tensor of a bucket and read its pointers, at every step: in one call of the
     host helper where it is built and takes the bucket, else in Python. ``state_error()``
@@ -147,7 +154,7 @@ def _table(
     (the lists are of one dtype each). The Python path is the one that raises, naming the
     problem, and that makes gradients of another dtype or layout flat; it reads every
     pointer and size, and runs the full check (:func:`check_bucket`) only for a layout it
-    has not checked before (:class:`LayoutCache`)."""
+    has not checked before (``cache``, this kernel's :class:`LayoutCache`)."""
     params, grads, steps = lists.params, lists.grads, lists.state_steps
     count = 6 + len(buffers) + len(scales)
     host = host_helper()
@@ -171,7 +178,7 @@ def _table(
         layouts = [block_layout(p.shape) for p in params]
         return array("q", [*pointers, *map(_numel, params), *(r for r, _ in layouts), *(c for _, c in layouts)])
 
-    memory = _TABLES.get(pointers, extents, build)
+    memory = cache.get(pointers, extents, build)
     grad_run = array("q", map(_data_ptr, grads))
     runs = _runs(memory, count - 1)
     return _Table([runs[0], grad_run.buffer_info()[0], *runs[1:]], (memory, grad_run, lists, grads))
@@ -195,7 +202,7 @@ def prepare_full(lists: TensorLists, scalars: Tensor, hp: HParams) -> Callable[[
             return TypeError(f"fused Adan: the state of {dtype} parameters must be {sdtype}")
         return None
 
-    table = _table(lists, buffers, (), state_error)
+    table = _table(lists, buffers, (), state_error, _FULL_TABLES)
     p_, g_, m_, v_, n_, neg_, steps_, numels_, _, _ = table.runs
     scalars = scalars.contiguous()
 
@@ -225,7 +232,7 @@ def prepare_compact(
     buffers = (lists.exp_avgs, lists.exp_avg_diffs, lists.exp_avg_sqs, lists.neg_pre_grads)
     buffers += (comps,) if comps is not None else ()
     scales = tuple([s[j] for s in lists.state_scales] for j in range(3)) if fmt.scale_keys else ()
-    table = _table(lists, buffers, scales, lambda: None, comps)
+    table = _table(lists, buffers, scales, lambda: None, _COMPACT_TABLES, comps)
     p_, g_, m_, v_, n_, neg_, *rest = table.runs
     comps_ = rest.pop(0) if comps is not None else None
     scales_ = [rest.pop(0) for _ in range(3)] if scales else [None] * 3
