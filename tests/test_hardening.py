@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import copy
 import os
-import shutil
 import subprocess
 import sys
+import sysconfig
 import textwrap
 from pathlib import Path
 
@@ -23,7 +23,18 @@ from optim_info import PATHS
 
 CPU_FUSED = fused_available("cpu")
 ALL_PATHS = [p for p in PATHS if p != "fused" or CPU_FUSED]
-CXX = os.environ.get("CXX") or next((c for c in ("c++", "g++", "clang++") if shutil.which(c)), None)
+
+
+def _host_buildable() -> bool:
+    """A C++ compiler and Python's headers: the host helper must build then."""
+    try:
+        _native.cxx_compiler()
+    except _native.BuildError:
+        return False
+    return (Path(sysconfig.get_paths()["include"]) / "Python.h").exists()
+
+
+HOST_BUILDABLE = _host_buildable()
 
 
 @pytest.fixture(params=["helper", "python"])
@@ -34,8 +45,8 @@ def cpu_host(request, monkeypatch):
 
     if request.param == "python":
         monkeypatch.setattr(cpu, "host_helper", lambda: None)
-    elif CXX is None:
-        pytest.skip("no C++ compiler: the host helper is not built")
+    elif not HOST_BUILDABLE:
+        pytest.skip("no C++ compiler or Python headers: the host helper is not built")
     else:
         assert cpu.host_helper() is not None, cpu._host_error  # a compiler, so it must build
     return request.param
@@ -768,7 +779,7 @@ UNFIT = {  # each breaks one thing the kernels rely on
 }
 
 
-@pytest.mark.skipif(CXX is None, reason="no C++ compiler: the host helper is not built")
+@pytest.mark.skipif(not HOST_BUILDABLE, reason="no C++ compiler or Python headers: the host helper is not built")
 @pytest.mark.parametrize("fault", [None, *UNFIT])
 def test_host_helper_checks_every_tensor(fault):
     """The C++ host helper is all that stands between a fused CPU step and the kernel's raw
@@ -798,7 +809,7 @@ def test_host_helper_checks_every_tensor(fault):
     assert list(zip(runs[11], runs[12])) == [_compact.block_layout(p.shape) for p in b["params"]]
 
 
-@pytest.mark.skipif(not CPU_FUSED or CXX is None, reason="no C or C++ compiler")
+@pytest.mark.skipif(not CPU_FUSED or not HOST_BUILDABLE, reason="no C or C++ compiler, or no Python headers")
 @pytest.mark.parametrize(
     "dtype, state_dtype, param_update",
     [

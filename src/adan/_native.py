@@ -33,7 +33,7 @@ import tempfile
 import threading
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, Callable
 
 from adan._codes import c_defines
 
@@ -66,6 +66,11 @@ def _compiler(variable: str = "CC", names: tuple[str, ...] = ("cc", "gcc", "clan
     if cc is None or shutil.which(cc.split()[0]) is None:
         raise BuildError(f"no {language} compiler found (set {variable}, or install {' or '.join(names[1:])})")
     return cc
+
+
+def cxx_compiler() -> str:
+    """The C++ compiler the host helper is built with (``$CXX``, else c++, g++ or clang++)."""
+    return _compiler("CXX", ("c++", "g++", "clang++"), "C++")
 
 
 def _compiler_id(cc: str) -> str:
@@ -136,20 +141,36 @@ def load_library(source: Path, include_dirs: tuple[Path, ...] = (KERNEL_DIR,)) -
         defines = [f"-D{d}" for d in c_defines()]  # the kernels' integer codes, from one Python enum
         includes = [f"-I{d}" for d in include_dirs]
         ident = "|".join([_compiler_id(cc), platform.machine(), platform.system(), sys.version.split()[0]])
-        errors = []
-        for flags in _FLAG_SETS:
-            cpu = _cpu_id(cc) if "-march=native" in flags else ""
-            digest = hashlib.sha256(text + repr((flags, _COMMON, defines, ident, cpu)).encode()).hexdigest()[:16]
-            target = cache_dir() / f"{source.stem}-{digest}.so"
-            if not _verified(target):  # absent, truncated or corrupted: (re)build it
-                err = _compile([*cc.split(), *flags, *includes, *defines, *_COMMON, str(source), "-lm"], target, source, flags)
-                if err:
-                    errors.append(f"{' '.join(flags)}: {err}")
-                    continue
-            lib = ctypes.CDLL(str(target))
-            _loaded[key] = lib
-            return lib
-        raise BuildError(f"could not compile {source.name}:\n" + "\n".join(errors))
+
+        def cache_key(flags: list[str]) -> str:
+            return repr((flags, _COMMON, defines, ident, _cpu_id(cc) if "-march=native" in flags else ""))
+
+        def command(flags: list[str]) -> list[str]:
+            return [*cc.split(), *flags, *includes, *defines, *_COMMON, str(source), "-lm"]
+
+        lib = ctypes.CDLL(str(_build(source, text, _FLAG_SETS, cache_key, command)))
+        _loaded[key] = lib
+        return lib
+
+
+def _build(
+    source: Path, text: bytes, flag_sets: tuple, cache_key: Callable[[list[str]], str], command: Callable[[list[str]], list[str]]
+) -> Path:
+    """The cached library built from ``source`` (``text``: it and what it includes) with the
+    first of ``flag_sets`` that compiles: ``command(flags)`` (without an output) builds it,
+    under a name hashed from ``text`` and ``cache_key(flags)``; a library already cached there
+    and verified is taken as it is."""
+    errors = []
+    for flags in flag_sets:
+        digest = hashlib.sha256(text + cache_key(flags).encode()).hexdigest()[:16]
+        target = cache_dir() / f"{source.stem}-{digest}.so"
+        if _verified(target):
+            return target
+        err = _compile(command(flags), target, source, flags)  # absent, truncated or corrupted: (re)build it
+        if err is None:
+            return target
+        errors.append(f"{' '.join(flags)}: {err}")
+    raise BuildError(f"could not compile {source.name}:\n" + "\n".join(errors))
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
@@ -176,7 +197,7 @@ def load_extension(source: Path, name: str) -> ModuleType:
             return _loaded[key]
         import torch  # (the extension is built for this torch: its headers, libraries and ABI)
 
-        cxx = _compiler("CXX", ("c++", "g++", "clang++"), "C++")
+        cxx = cxx_compiler()
         root = Path(torch.__file__).parent
         lib_dir = root / "lib"
         python_include = sysconfig.get_paths()["include"]
@@ -189,25 +210,22 @@ def load_extension(source: Path, name: str) -> ModuleType:
         libs = ["-ltorch_python", "-ltorch_cpu", "-lc10"]
         ident = "|".join([_compiler_id(cxx), platform.machine(), platform.system(), sys.version, torch.__version__,
                           str(torch.version.git_version), str(root)])  # fmt: skip
-        errors = []
-        for flags in _CXX_FLAG_SETS:
-            digest = hashlib.sha256(source.read_bytes() + repr((flags, common, ident)).encode()).hexdigest()[:16]
-            target = cache_dir() / f"{source.stem}-{digest}.so"
-            if not _verified(target):
-                err = _compile([*cxx.split(), *flags, *common, str(source), *libs], target, source, flags)
-                if err:
-                    errors.append(f"{' '.join(flags)}: {err}")
-                    continue
-            loader = importlib.machinery.ExtensionFileLoader(name, str(target))
-            spec = importlib.util.spec_from_file_location(name, target, loader=loader)
-            module = importlib.util.module_from_spec(spec)
-            try:
-                loader.exec_module(module)
-            except ImportError as exc:
-                raise BuildError(f"{target.name} does not load: {exc}") from exc
-            _loaded[key] = module
-            return module
-        raise BuildError(f"could not compile {source.name}:\n" + "\n".join(errors))
+
+        def cache_key(flags: list[str]) -> str:
+            return repr((flags, common, ident))
+
+        def command(flags: list[str]) -> list[str]:
+            return [*cxx.split(), *flags, *common, str(source), *libs]
+
+        target = _build(source, source.read_bytes(), _CXX_FLAG_SETS, cache_key, command)
+        loader = importlib.machinery.ExtensionFileLoader(name, str(target))
+        module = importlib.util.module_from_spec(importlib.util.spec_from_file_location(name, target, loader=loader))
+        try:
+            loader.exec_module(module)
+        except ImportError as exc:
+            raise BuildError(f"{target.name} does not load: {exc}") from exc
+        _loaded[key] = module
+        return module
 
 
 def _compile(command: list[str], target: Path, source: Path, flags: list[str]) -> str | None:

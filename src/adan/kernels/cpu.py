@@ -159,7 +159,7 @@ def _table(
     count = 6 + len(buffers) + len(scales)
     host = host_helper()
     if host is not None:
-        memory = array("q", bytes(8 * count * len(params)))
+        memory = array("q", [0]) * (count * len(params))
         if (
             host.pack(params, grads, buffers, scales, steps, BLOCK, memory.buffer_info()[0])
             and steps[0].dtype == torch.float32
