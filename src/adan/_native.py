@@ -4,7 +4,7 @@ source and machine.
 The kernels are plain C (no torch headers), so building one takes a second with the
 system compiler and never pulls torch into a build environment. The host helper
 (``kernels/adan_host.cpp``, :func:`load_extension`) is a Python extension module built
-against the installed torch's headers, in about ten seconds once per machine and torch
+against the installed torch's headers, in 12-13 s on the 2-core CI machine, once per machine and torch
 version; the CPU launchers work without it, more slowly (see :mod:`adan.kernels.cpu`). A
 shared library is
 cached under ``$ADAN_CACHE_DIR`` (default ``~/.cache/adan``), keyed by a hash of the
